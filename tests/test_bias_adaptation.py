@@ -1,0 +1,91 @@
+import numpy as np
+import pytest
+import torch
+
+from simulations.methods.bias_adaptation import BiasAdaptationConfig, BiasController, group_assignment
+from theory.validation import ConfigError
+
+
+def buffered_update(bias, buffer, groups, targets, config):
+    """Algorithm 2 exactly as printed: statistics of a full M x B buffer of pre-activations."""
+    bias = bias.copy()
+    frequency = (buffer > 0).mean(axis=0)
+    peak = np.maximum(buffer.max(axis=0), 0.0)
+    for m in range(bias.size):
+        k = groups[m]
+        members = groups == k
+        active = peak[members] > 0
+        group_peak = peak[members].sum() / active.sum() if active.any() else 1.0
+        if frequency[m] > targets[k]:
+            bias[m] = max(bias[m] - config.bias_decrease_rate * peak[m], -1.0)
+        elif frequency[m] < config.dead_frequency:
+            bias[m] = min(bias[m] + config.bias_increase_rate * group_peak, 0.0)
+    return bias
+
+
+def test_running_statistics_give_the_buffered_biases():
+    width, batch, interval = 60, 37, 150  # windows end mid-way through a batch's count, as in training
+    config = BiasAdaptationConfig(highest_target=0.3, lowest_target=0.01, groups=3, update_interval=interval,
+                                  bias_decrease_rate=0.2, bias_increase_rate=0.3, dead_frequency=0.005)
+    groups = group_assignment(width, 3)
+    controller = BiasController(config, torch.as_tensor(groups))
+    rng = np.random.default_rng(0)
+    # Pre-activation offsets make some neurons frequent, some rare and some dead.
+    offsets = rng.uniform(-3.0, 1.0, size=width)
+    bias = torch.zeros(width)
+    reference = np.zeros(width, dtype=np.float32)
+    buffer = []
+    updates = 0
+    for _ in range(60):
+        projection = rng.standard_normal((batch, width)).astype(np.float32) + offsets
+        buffer.append(projection + reference)
+        controller.observe(torch.from_numpy(projection) + bias, bias)
+        if sum(len(b) for b in buffer) >= interval:
+            reference = buffered_update(reference, np.concatenate(buffer), groups, config.targets(), config)
+            buffer = []
+            updates += 1
+        np.testing.assert_allclose(bias.numpy(), reference, atol=1e-6)
+    assert updates == controller.updates >= 10
+    assert (reference < 0).any() and (reference > -1).any()
+
+
+def test_biases_stay_clamped():
+    config = BiasAdaptationConfig.single(0.01, bias_decrease_rate=1.0, bias_increase_rate=1.0, update_interval=10)
+    controller = BiasController(config, torch.zeros(4, dtype=torch.long))
+    bias = torch.zeros(4)
+    always = torch.full((10, 4), 5.0)
+    for _ in range(5):
+        controller.observe(always + bias, bias)  # fires every time: pushed down, floored at -1
+    assert torch.all(bias == -1.0)
+    for _ in range(5):
+        controller.observe(torch.full((10, 4), -5.0) + bias, bias)  # dead: pushed up, capped at 0
+    assert torch.all(bias == 0.0)
+
+
+def test_geometric_targets_and_groups():
+    config = BiasAdaptationConfig(highest_target=0.5, lowest_target=0.001, groups=10)
+    targets = config.targets()
+    assert targets[0] == 0.5 and np.isclose(targets[-1], 0.001)
+    np.testing.assert_allclose(targets[1:] / targets[:-1], (0.001 / 0.5) ** (1 / 9))
+    assert np.bincount(group_assignment(1003, 10)).tolist() == [101, 101, 101] + [100] * 7
+    assert config.resolved_update_interval() == 20_000
+    assert BiasAdaptationConfig.single(0.1).resolved_update_interval() == 8192
+
+
+@pytest.mark.parametrize(
+    "settings, name",
+    [
+        (dict(highest_target=0.0), "highest_target"),
+        (dict(highest_target=1.0), "highest_target"),
+        (dict(highest_target=0.01, lowest_target=0.02, groups=3), "lowest_target"),
+        (dict(bias_decrease_rate=0.0), "gamma_minus"),
+        (dict(bias_increase_rate=-1.0), "gamma_plus"),
+        (dict(groups=0), "groups"),
+        (dict(highest_target=0.01, dead_frequency=0.02), "epsilon"),
+        (dict(activation="gelu"), "activation"),
+        (dict(update_interval=0), "update_interval"),
+    ],
+)
+def test_bad_settings_name_the_setting(settings, name):
+    with pytest.raises(ConfigError, match=name):
+        BiasAdaptationConfig(**settings)

@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+
+import theory.metrics as metrics
+from theory.model import gaussian_features
+
+
+def test_permuted_features_are_fully_recovered():
+    features = gaussian_features(50, 20, seed=0)
+    neurons = features[np.random.default_rng(0).permutation(50)] * 3.0  # scale does not matter
+    assert metrics.feature_recovery_rate(features, neurons, 0.99) == 1.0
+    assert np.isclose(metrics.mcc(features, neurons), 1.0, atol=1e-6)
+    assert np.isclose(metrics.mean_max_cosine(features, neurons), 1.0, atol=1e-6)
+    np.testing.assert_allclose(metrics.max_cosine_similarity(neurons, features), 1.0, atol=1e-6)
+
+
+def test_random_neurons_recover_little_in_high_dimension():
+    features = gaussian_features(100, 64, seed=0)
+    neurons = gaussian_features(400, 64, seed=1)
+    assert metrics.feature_recovery_rate(features, neurons, 0.8) == 0.0
+    curve = metrics.recovery_curve(features, neurons, thresholds=(0.0, 0.5, 0.9))
+    assert curve[0.0] == 1.0 and curve[0.9] == 0.0
+
+
+def test_recovery_counts_only_matched_features():
+    features = np.eye(4, dtype=np.float32)
+    neurons = np.array([[1, 0, 0, 0], [0, 1, 0, 0], [1, 1, 0, 0]], dtype=np.float32)
+    assert metrics.feature_recovery_rate(features, neurons, 0.9) == 0.5
+    # One-to-one: the 3 neurons take features 0, 1 and one orthogonal feature; mean over min(n, M) = 3.
+    assert np.isclose(metrics.mcc(features, neurons), 2 / 3)
+    assert np.isclose(metrics.mcc(features[:2], neurons[[0, 0, 2]]), (1 + 2**-0.5) / 2)
+
+
+def test_blocked_computation_equals_direct(monkeypatch):
+    features = gaussian_features(300, 16, seed=0)
+    neurons = gaussian_features(700, 16, seed=1)
+    direct = (features @ neurons.T).max(axis=1)
+    monkeypatch.setattr(metrics, "BLOCK_ENTRIES", 5000)
+    best, where = metrics.max_cosine(features, neurons)
+    np.testing.assert_allclose(best, direct, atol=1e-6)
+    np.testing.assert_allclose((features * neurons[where]).sum(1), direct, atol=1e-6)
+
+
+def test_sparse_matching_equals_hungarian_when_neighbours_suffice(monkeypatch):
+    features = gaussian_features(120, 24, seed=0)
+    neurons = np.vstack([features + 0.05 * gaussian_features(120, 24, seed=1), gaussian_features(200, 24, seed=2)])
+    exact = metrics.mcc(features, neurons)
+    monkeypatch.setattr(metrics, "DENSE_MATCHING_ENTRIES", 10)
+    monkeypatch.setattr(metrics, "MATCHING_CANDIDATES", 8)
+    assert np.isclose(metrics.mcc(features, neurons), exact, atol=1e-6)
+
+
+def test_explained_variance_edges():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1000, 8)) + 3.0
+    assert np.isclose(metrics.explained_variance(x, x), 1.0)
+    assert np.isclose(metrics.explained_variance(x, np.broadcast_to(x.mean(0), x.shape)), 0.0, atol=1e-12)
+    stats = metrics.ReconstructionStats()
+    for chunk in np.array_split(np.arange(1000), 7):
+        stats.update(x[chunk], 0.5 * x[chunk])
+    assert np.isclose(stats.explained_variance, metrics.explained_variance(x, 0.5 * x))
+    assert np.isclose(stats.normalised_mse, 0.25)
+
+
+def test_sparsity_metrics():
+    codes = np.array([[0, 1, 2], [0, 0, 3]])
+    assert metrics.l0(codes) == 1.5
+    assert metrics.dead_fraction((codes != 0).sum(0)) == pytest.approx(1 / 3)
