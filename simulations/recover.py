@@ -70,9 +70,54 @@ class RecoverConfig:
         }
 
     @classmethod
+    def from_settings(cls, settings: dict) -> "RecoverConfig":
+        """Build a config from one flat mapping of settings, as grid specs and tables use.
+
+        Keys are the field names of `FeatureModel` (`s` is short for `sparsity`), `SAEConfig`,
+        `TrainConfig` and the method's config class, plus `method`, `seed` (the run's seed, also
+        V's unless `feature_seed` is given), `feature_seed` and `eval_samples`. For BA,
+        `target_frequency` sets its single target. A frequency setting (`target_frequency`,
+        `highest_target`, `lowest_target`) may be a multiple of f written as a string, e.g. "2f".
+        Unknown keys are an error, so a typo never silently falls back to a default.
+        """
+        settings = dict(settings)
+        if "s" in settings:
+            settings["sparsity"] = settings.pop("s")
+        method = settings.pop("method", "ba")
+        check_choice("method", method, tuple(METHODS))
+        seed = settings.pop("seed", 0)
+        parts = {}
+        for name, part in (("model", FeatureModel), ("sae", SAEConfig), ("train", TrainConfig)):
+            names = {f.name for f in dataclasses.fields(part)} - {"seed"}
+            parts[name] = {key: _tuple(settings.pop(key)) for key in list(settings) if key in names}
+        model = FeatureModel(seed=settings.pop("feature_seed", seed), **parts["model"])
+        method_class = METHODS[method]
+        method_names = {f.name for f in dataclasses.fields(method_class)} | {"target_frequency"}
+        method_settings = {key: settings.pop(key) for key in list(settings) if key in method_names}
+        for key in ("target_frequency", "highest_target", "lowest_target"):
+            if isinstance(method_settings.get(key), str):
+                method_settings[key] = frequency_setting(method_settings[key], model.feature_frequency, key)
+        if "target_frequency" in method_settings:
+            method_config = method_class.single(method_settings.pop("target_frequency"), **method_settings)
+        else:
+            method_config = method_class(**method_settings)
+        eval_samples = settings.pop("eval_samples", 16384)
+        if settings:
+            raise ConfigError(f"settings: unknown setting(s) {', '.join(sorted(settings))}")
+        return cls(
+            model=model,
+            sae=SAEConfig(**parts["sae"]),
+            method=method,
+            method_config=method_config,
+            train=TrainConfig(**parts["train"]),
+            seed=seed,
+            eval_samples=eval_samples,
+        )
+
+    @classmethod
     def from_dict(cls, settings: dict) -> "RecoverConfig":
         """Inverse of `to_dict` (lists become tuples again)."""
-        tuples = lambda part: {k: tuple(v) if isinstance(v, list) else v for k, v in part.items()}  # noqa: E731
+        tuples = lambda part: {k: _tuple(v) for k, v in part.items()}  # noqa: E731
         return cls(
             model=FeatureModel(**tuples(settings["model"])),
             sae=SAEConfig(**settings["sae"]),
@@ -82,6 +127,19 @@ class RecoverConfig:
             seed=settings["seed"],
             eval_samples=settings["eval_samples"],
         )
+
+
+def _tuple(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+def frequency_setting(text: str, feature_frequency: float, name: str) -> float:
+    """'2f' -> 2 * f; a plain number string -> that number."""
+    text = str(text).strip()
+    try:
+        return float(text[:-1]) * feature_frequency if text.endswith("f") else float(text)
+    except ValueError:
+        raise ConfigError(f"{name}: must be a number in (0, 1) or a multiple of f such as '2f', got {text!r}") from None
 
 
 @dataclass

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from simulations.methods.bias_adaptation import BiasAdaptationConfig
-from simulations.recover import RecoverConfig, run, save
+from simulations.recover import RecoverConfig, frequency_setting, run, save
 from simulations.sae import SAEConfig
 from simulations.train import TrainConfig
 from theory.model import FeatureModel
@@ -18,16 +18,6 @@ from theory.validation import ConfigError
 
 DEFAULT_TARGET = "2f"
 """BA's default target frequency: twice the feature frequency f = s/n."""
-
-
-def parse_frequency(text: str, feature_frequency: float, name: str) -> float:
-    """A frequency given as a number ('0.01') or as a multiple of f ('2f', '0.5f')."""
-    text = str(text).strip()
-    try:
-        value = float(text[:-1]) * feature_frequency if text.endswith("f") else float(text)
-    except ValueError:
-        raise ConfigError(f"{name}: must be a number in (0, 1) or a multiple of f such as '2f', got {text!r}") from None
-    return value
 
 
 def register(subparsers) -> None:
@@ -117,11 +107,11 @@ def config_from_args(args, features: np.ndarray | None) -> RecoverConfig:
         activation=args.activation,
     )
     if args.method == "ba":
-        method_config = BiasAdaptationConfig.single(parse_frequency(args.target_frequency, f, "target_frequency"), **rule)
+        method_config = BiasAdaptationConfig.single(frequency_setting(args.target_frequency, f, "target_frequency"), **rule)
     else:
         method_config = BiasAdaptationConfig(
-            highest_target=parse_frequency(args.htf, f, "htf"),
-            lowest_target=parse_frequency(args.ltf, f, "ltf"),
+            highest_target=frequency_setting(args.htf, f, "htf"),
+            lowest_target=frequency_setting(args.ltf, f, "ltf"),
             groups=args.groups,
             **rule,
         )

@@ -12,6 +12,7 @@ from simulations.recover import RecoverConfig, run, save
 from simulations.sae import SAEConfig
 from simulations.train import TrainConfig
 from theory.model import FeatureModel
+from theory.validation import ConfigError
 
 EASY = FeatureModel(n=64, d=32, sparsity=2)
 
@@ -124,3 +125,17 @@ def test_cli_trains_on_user_features_and_saves(tmp_path, capsys):
     saved = load_file(str(tmp_path / "run" / "features.safetensors"))["V"]
     np.testing.assert_allclose(saved, features / np.linalg.norm(features, axis=1, keepdims=True), atol=1e-6)
 
+
+
+def test_flat_settings_build_the_same_config_as_the_parts():
+    flat = {"n": 128, "d": 24, "s": 3, "width": 512, "method": "gba", "highest_target": "4f",
+            "lowest_target": "0.25f", "groups": 5, "steps": 10, "seed": 7}
+    config = RecoverConfig.from_settings(flat)
+    f = 3 / 128
+    assert config.model == FeatureModel(n=128, d=24, sparsity=3, seed=7)
+    assert config.method_config == BiasAdaptationConfig(highest_target=4 * f, lowest_target=0.25 * f, groups=5)
+    assert config.sae.width == 512 and config.train.steps == 10 and config.seed == 7
+    ba = RecoverConfig.from_settings({"target_frequency": "2f", "n": 64, "s": 2})
+    assert ba.method_config.targets()[0] == pytest.approx(2 * 2 / 64)
+    with pytest.raises(ConfigError, match="unknown setting.*widht"):
+        RecoverConfig.from_settings({"widht": 10})
