@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from theory.validation import check_int, check_real
+from theory.validation import ConfigError, check_int, check_real
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class SAEConfig:
     def __post_init__(self):
         check_int("width", self.width, 1)
         if not isinstance(self.tied, bool):
-            raise ValueError(f"tied: must be true or false, got {self.tied!r}")
+            raise ConfigError(f"tied: must be true or false, got {self.tied!r}")
         check_real("initial_scale", self.initial_scale, 0.0, low_open=True)
 
 
