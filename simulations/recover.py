@@ -77,7 +77,9 @@ class RecoverConfig:
         `TrainConfig` and the method's config class, plus `method`, `seed` (the run's seed, also
         V's unless `feature_seed` is given), `feature_seed` and `eval_samples`. For BA,
         `target_frequency` sets its single target. A frequency setting (`target_frequency`,
-        `highest_target`, `lowest_target`) may be a multiple of f written as a string, e.g. "2f".
+        `highest_target`, `lowest_target`) may be a multiple of f written as a string, e.g. "2f";
+        `width` may be a multiple of n, e.g. "4n", and `d` a multiple of sqrt(n), e.g. "2sqrt(n)"
+        (both rounded to the nearest integer, at least 1), so a spec scales with one line (n).
         Unknown keys are an error, so a typo never silently falls back to a default.
         """
         settings = dict(settings)
@@ -90,7 +92,11 @@ class RecoverConfig:
         for name, part in (("model", FeatureModel), ("sae", SAEConfig), ("train", TrainConfig)):
             names = {f.name for f in dataclasses.fields(part)} - {"seed"}
             parts[name] = {key: _tuple(settings.pop(key)) for key in list(settings) if key in names}
+        if isinstance(parts["model"].get("d"), str):
+            parts["model"]["d"] = dimension_setting(parts["model"]["d"], parts["model"].get("n", FeatureModel.n))
         model = FeatureModel(seed=settings.pop("feature_seed", seed), **parts["model"])
+        if isinstance(parts["sae"].get("width"), str):
+            parts["sae"]["width"] = width_setting(parts["sae"]["width"], model.n)
         method_class = METHODS[method]
         method_names = {f.name for f in dataclasses.fields(method_class)} | {"target_frequency"}
         method_settings = {key: settings.pop(key) for key in list(settings) if key in method_names}
@@ -131,6 +137,24 @@ class RecoverConfig:
 
 def _tuple(value):
     return tuple(value) if isinstance(value, list) else value
+
+
+def dimension_setting(text: str, n: int) -> int:
+    """'2sqrt(n)' -> round(2 sqrt(n)) (at least 1); a plain integer string -> that integer."""
+    text = str(text).strip()
+    try:
+        return max(1, round(float(text[: -len("sqrt(n)")]) * n**0.5)) if text.endswith("sqrt(n)") else int(text)
+    except ValueError:
+        raise ConfigError(f"d: must be an integer >= 1 or a multiple of sqrt(n) such as '2sqrt(n)', got {text!r}") from None
+
+
+def width_setting(text: str, n: int) -> int:
+    """'4n' -> round(4 n) (at least 1); a plain integer string -> that integer."""
+    text = str(text).strip()
+    try:
+        return max(1, round(float(text[:-1]) * n)) if text.endswith("n") else int(text)
+    except ValueError:
+        raise ConfigError(f"width: must be an integer >= 1 or a multiple of n such as '4n', got {text!r}") from None
 
 
 def frequency_setting(text: str, feature_frequency: float, name: str) -> float:

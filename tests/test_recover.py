@@ -139,3 +139,20 @@ def test_flat_settings_build_the_same_config_as_the_parts():
     assert ba.method_config.targets()[0] == pytest.approx(2 * 2 / 64)
     with pytest.raises(ConfigError, match="unknown setting.*widht"):
         RecoverConfig.from_settings({"widht": 10})
+
+
+def test_width_may_be_a_multiple_of_n():
+    assert RecoverConfig.from_settings({"n": 100, "width": "4n"}).sae.width == 400
+    assert RecoverConfig.from_settings({"n": 100, "width": "0.5n"}).sae.width == 50
+    assert RecoverConfig.from_settings({"n": 100, "width": "37"}).sae.width == 37
+    assert RecoverConfig.from_settings({"n": 100, "width": 64}).sae.width == 64
+    with pytest.raises(ConfigError, match="width.*'4n'"):
+        RecoverConfig.from_settings({"n": 100, "width": "4d"})
+
+
+def test_dimension_may_be_a_multiple_of_root_n():
+    assert RecoverConfig.from_settings({"n": 256, "d": "2sqrt(n)"}).model.d == 32
+    assert RecoverConfig.from_settings({"n": 256, "d": "0.7sqrt(n)"}).model.d == 11
+    assert RecoverConfig.from_settings({"n": 256, "d": "20"}).model.d == 20
+    with pytest.raises(ConfigError, match="d: .*'2sqrt\\(n\\)'"):
+        RecoverConfig.from_settings({"n": 256, "d": "2n"})

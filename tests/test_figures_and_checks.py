@@ -1,0 +1,77 @@
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from simulations import checks, figures
+from simulations.checks import CLAIMS, Measurement, claim, render
+from simulations.cli import main
+from simulations.figures import FIGURES, figure
+from simulations.grid import load_results
+
+
+@pytest.fixture
+def registries():
+    """Snapshot and restore the registries so test entries do not leak."""
+    figures.load_all(), checks.load_all()
+    saved = dict(FIGURES), dict(CLAIMS)
+    yield
+    FIGURES.clear(), FIGURES.update(saved[0])
+    CLAIMS.clear(), CLAIMS.update(saved[1])
+
+
+def test_a_registered_figure_is_drawn_from_its_table_and_a_missing_table_is_skipped(tmp_path, registries, capsys):
+    results = tmp_path / "results"
+    (results / "toy").mkdir(parents=True)
+    pd.DataFrame({"x": [1, 2, 3], "y": [0.1, 0.5, 0.9]}).to_csv(results / "toy" / "results.csv", index=False)
+
+    @figure("toy_line")
+    def toy_line(results: Path, out: Path) -> Path:
+        import matplotlib.pyplot as plt
+
+        table = load_results(results, "toy")
+        fig, ax = plt.subplots()
+        ax.plot(table["x"], table["y"])
+        path = out / "toy_line.png"
+        fig.savefig(path)
+        plt.close(fig)
+        return path
+
+    @figure("needs_missing")
+    def needs_missing(results: Path, out: Path) -> Path:
+        load_results(results, "absent")
+
+    out = tmp_path / "figures"
+    assert main(["figures", "--results", str(results), "--out", str(out), "--only", "toy_line", "needs_missing"]) == 0
+    assert (out / "toy_line.png").stat().st_size > 1000
+    assert "skipped needs_missing" in capsys.readouterr().out
+    assert main(["figures", "--results", str(results), "--out", str(out), "--only", "needs_missing", "--strict"]) == 1
+    assert main(["figures", "--only", "no_such_figure"]) == 2
+
+
+def test_checks_render_claims_in_order_with_pending_rows_and_notes(tmp_path, registries):
+    CLAIMS.clear()
+    results = tmp_path / "results"
+    (results / "toy").mkdir(parents=True)
+    pd.DataFrame({"frr": [0.5, 1.0]}).to_csv(results / "toy" / "results.csv", index=False)
+
+    @claim("10", "second | claim", paper="100 %", command="gba grid run toy", figure="toy_line")
+    def second(results):
+        frr = load_results(results, "toy")["frr"].mean()
+        return Measurement(f"FRR = {frr:.2f}", "partly", note="lower than the paper")
+
+    @claim("2", "first claim", paper="x", command="gba grid run absent")
+    def first(results):
+        load_results(results, "absent")
+
+    text = render(results)
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| #")]
+    assert rows[0].startswith("| 2 |") and "not measured yet" in rows[0] and "absent" in rows[0]
+    assert rows[1].startswith("| 10 |") and "FRR = 0.75" in rows[1] and "second \\| claim" in rows[1]
+    assert "**Claim 10.** lower than the paper" in text and "figures/toy_line.png" in text
+    with pytest.raises(ValueError, match="verdict"):
+        Measurement("x", "sort of")
+
+
+def test_committed_paper_checks_is_regenerated_not_edited():
+    assert main(["checks", "--check"]) == 0

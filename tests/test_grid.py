@@ -1,0 +1,170 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from simulations.cli import main
+from simulations.grid import MANIFEST, POINTS, GridSpec, grid_table, run_grid, write_table
+from theory.validation import ConfigError
+
+TINY = """
+name = "tiny"
+description = "test grid"
+seeds = [0, 1, 2]
+conditions_samples = 2000
+[fixed]
+n = 16
+d = 8
+s = 2
+width = "4n"
+steps = 40
+batch_size = 128
+log_every = 20
+eval_samples = 1024
+device = "cpu"
+[axes]
+target_frequency = ["1f", "2f"]
+"""
+
+TIMING = ["wall_seconds"]
+"""Columns that measure time, not results."""
+
+
+def write_spec(tmp_path, text=TINY, name="tiny.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def results(table: pd.DataFrame) -> pd.DataFrame:
+    return table.drop(columns=TIMING).sort_values("key").reset_index(drop=True)
+
+
+def test_spec_expands_axes_variants_and_seeds(tmp_path):
+    spec = GridSpec.from_toml(write_spec(tmp_path, TINY + '[[variants]]\nlearning_rate = 0.003\n[[variants]]\nlearning_rate = 0.001\n'))
+    points = spec.points()
+    assert len(points) == 2 * 2 * 3
+    assert len({point.key for point in points}) == len(points)
+    rates = sorted({point.config.train.learning_rate for point in points})
+    assert rates == [0.001, 0.003]
+    assert {point.config.sae.width for point in points} == {64}
+    f = 2 / 16
+    assert sorted({round(point.config.method_config.targets()[0] / f, 9) for point in points}) == [1.0, 2.0]
+    # The key is a function of the resolved config: "2f" and its value give the same point.
+    same = GridSpec.from_toml(write_spec(tmp_path, TINY.replace('["1f", "2f"]', "[0.25]"), "same.toml")).points()
+    assert {p.key for p in same} <= {p.key for p in points}
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (TINY.replace("n = 16", "n = 0"), "point .*n: must lie in"),
+        (TINY.replace("steps = 40", "stepz = 40"), "unknown setting.*stepz"),
+        ("bogus = 1\n" + TINY, "unknown top-level key.*bogus"),
+        (TINY.replace("seeds = [0, 1, 2]", "seeds = []"), "seeds"),
+        (TINY.replace('["1f", "2f"]', "[]"), "axes.target_frequency"),
+        ("name = ", "not valid TOML"),
+    ],
+)
+def test_bad_specs_fail_before_any_work_with_one_clear_line(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        GridSpec.from_toml(write_spec(tmp_path, text)).points()
+
+
+def test_cli_reports_a_bad_spec_in_one_line(tmp_path, capsys):
+    assert main(["grid", "run", str(tmp_path / "missing.toml"), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    spec_path = write_spec(out)
+    counts = run_grid(GridSpec.from_toml(spec_path), out / "grid", jobs=1, threads=1, progress=False)
+    assert counts == {"total": 6, "skipped": 0, "reused": 0, "ran": 6}
+    return spec_path, out / "grid", grid_table(out / "grid")
+
+
+def test_table_has_settings_metrics_conditions_theory_and_provenance(uninterrupted):
+    _, out, table = uninterrupted
+    assert len(table) == 6
+    for column in ("n", "d", "width", "highest_target", "axis_target_frequency", "seed", "frr_0.9", "mcc", "l0",
+                   "matched_frequency", "fraction_above_target", "H1_holds", "H3_value", "V1_value",
+                   "in_stated_band", "in_simplified_band", "width_condition_holds", "regime", "wall_seconds",
+                   "version_torch", "device"):
+        assert column in table.columns, column
+    assert set(table["axis_target_frequency"]) == {"1f", "2f"}
+    csv, parquet, history = write_table(out)
+    assert len(pd.read_parquet(parquet)) == 6 and len(pd.read_csv(csv)) == 6
+    assert set(pd.read_csv(history)["key"]) == set(table["key"])
+
+
+def test_rerun_skips_finished_points(uninterrupted):
+    spec_path, out, _ = uninterrupted
+    counts = run_grid(GridSpec.from_toml(spec_path), out, jobs=1, progress=False)
+    assert counts == {"total": 6, "skipped": 6, "reused": 0, "ran": 0}
+
+
+def test_points_of_another_grid_with_the_same_config_are_reused(uninterrupted, tmp_path):
+    _, out, expected = uninterrupted
+    # Same points written differently ("2f" -> its value), plus one new point (3f).
+    other = write_spec(tmp_path, TINY.replace('["1f", "2f"]', '[0.125, 0.25, "3f"]'), "other.toml")
+    counts = run_grid(GridSpec.from_toml(other), tmp_path / "other", jobs=1, threads=1, progress=False, reuse=(out,))
+    assert counts == {"total": 9, "skipped": 0, "reused": 6, "ran": 3}
+    table = grid_table(tmp_path / "other")
+    assert set(table["axis_target_frequency"]) == {"0.125", "0.25", "3f"}
+    shared = results(table[table["key"].isin(expected["key"])]).drop(columns="axis_target_frequency")
+    pd.testing.assert_frame_equal(shared, results(expected).drop(columns="axis_target_frequency"))
+
+
+def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_table(uninterrupted, tmp_path):
+    spec_path, _, expected = uninterrupted
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "simulations.cli", "grid", "run", str(spec_path), "--out", str(out),
+               "--jobs", "1", "--threads", "1", "--quiet", "--no-table"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list((out / POINTS).glob("*.json"))) < 2:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    finished = len(list((out / POINTS).glob("*.json")))
+    assert 2 <= finished < 6, "the kill must land mid-run"
+    for path in (out / POINTS).glob("*.json"):
+        json.loads(path.read_text())  # every file that is there is complete
+    assert json.loads((out / MANIFEST).read_text())["keys"]
+    counts = run_grid(GridSpec.from_toml(spec_path), out, jobs=1, threads=1, progress=False)
+    assert counts["skipped"] == finished and counts["ran"] == 6 - finished
+    pd.testing.assert_frame_equal(results(grid_table(out)), results(expected))
+
+
+def test_loky_workers_give_the_same_table(uninterrupted, tmp_path):
+    spec_path, _, expected = uninterrupted
+    run_grid(GridSpec.from_toml(spec_path), tmp_path / "loky", jobs=2, progress=False)
+    table = grid_table(tmp_path / "loky")
+    assert set(table["threads"]) == {1}
+    pd.testing.assert_frame_equal(results(table).drop(columns="threads"), results(expected).drop(columns="threads"))
+
+
+def test_dask_backend_on_a_local_cluster_gives_the_same_table(uninterrupted, tmp_path):
+    distributed = pytest.importorskip("dask.distributed")
+    spec_path, _, expected = uninterrupted
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        assert main(["grid", "run", str(spec_path), "--out", str(tmp_path / "dask"), "--backend", "dask",
+                     "--scheduler", cluster.scheduler_address, "--jobs", "2", "--quiet"]) == 0
+    table = pd.read_parquet(tmp_path / "dask" / "results.parquet")
+    assert len(table) == 6
+    pd.testing.assert_frame_equal(results(table).drop(columns="threads"), results(expected).drop(columns="threads"),
+                                  check_dtype=False)
+
+
+def test_status_counts_finished_points(uninterrupted, capsys):
+    _, out, _ = uninterrupted
+    assert main(["grid", "status", str(out)]) == 0
+    assert "6/6 points done" in capsys.readouterr().out
