@@ -358,16 +358,18 @@ def run_grid(
 
 
 def load_records(out: str | Path) -> list[dict]:
-    """Every finished point's record under `out`, in the order of the manifest (then by key)."""
+    """The finished points of the spec last run into `out`, in the manifest's order.
+
+    Points left there by an earlier version of the spec stay on disk (a later run may reuse them)
+    but are not part of the table.
+    """
     out = Path(out)
     folder = out / POINTS
-    if not folder.is_dir():
-        raise ConfigError(f"out: {str(out)!r} has no finished points (no {POINTS}/ folder); run `gba grid run` first")
-    order = {}
-    if (out / MANIFEST).is_file():
-        order = {key: i for i, key in enumerate(json.loads((out / MANIFEST).read_text())["keys"])}
-    paths = sorted(folder.glob("*.json"), key=lambda path: (order.get(path.stem, len(order)), path.stem))
-    return [json.loads(path.read_text()) for path in paths]
+    if not folder.is_dir() or not (out / MANIFEST).is_file():
+        raise ConfigError(f"out: {str(out)!r} has no finished points; run `gba grid run SPEC --out {out}` first")
+    keys = json.loads((out / MANIFEST).read_text())["keys"]
+    paths = [folder / f"{key}.json" for key in keys]
+    return [json.loads(path.read_text()) for path in paths if path.is_file()]
 
 
 def flat_config(config: dict) -> dict:
@@ -406,13 +408,10 @@ def record_row(record: dict, grid: str, varied: set[str]) -> dict:
 
 def grid_table(out: str | Path) -> pd.DataFrame:
     """The tidy table of all finished points under `out` (one row per point)."""
-    out = Path(out)
-    grid, varied = out.name, set()
-    if (out / MANIFEST).is_file():
-        spec = json.loads((out / MANIFEST).read_text())["spec"]
-        grid = spec["name"]
-        varied = set(spec["axes"]) | {name for variant in spec["variants"] for name in variant}
-    return pd.DataFrame([record_row(record, grid, varied) for record in load_records(out)])
+    records = load_records(out)
+    spec = json.loads((Path(out) / MANIFEST).read_text())["spec"]
+    varied = set(spec["axes"]) | {name for variant in spec["variants"] for name in variant} - {"seeds"}
+    return pd.DataFrame([record_row(record, spec["name"], varied) for record in records])
 
 
 def grid_history(out: str | Path) -> pd.DataFrame:

@@ -119,6 +119,10 @@ def test_points_of_another_grid_with_the_same_config_are_reused(uninterrupted, t
     assert counts == {"total": 9, "skipped": 0, "reused": 6, "ran": 3}
     table = grid_table(tmp_path / "other")
     assert set(table["axis_target_frequency"]) == {"0.125", "0.25", "3f"}
+    # A narrower spec run into the same directory tabulates only its own points.
+    narrower = write_spec(tmp_path, TINY.replace('["1f", "2f"]', '["3f"]'), "narrower.toml")
+    assert run_grid(GridSpec.from_toml(narrower), tmp_path / "other", jobs=1, progress=False)["ran"] == 0
+    assert set(grid_table(tmp_path / "other")["axis_target_frequency"]) == {"3f"}
     shared = results(table[table["key"].isin(expected["key"])]).drop(columns="axis_target_frequency")
     pd.testing.assert_frame_equal(shared, results(expected).drop(columns="axis_target_frequency"))
 

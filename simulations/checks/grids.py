@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from simulations.checks import Measurement, claim
@@ -65,3 +66,303 @@ def theorem_point(results: Path) -> Measurement:
                 f"{row['wall_seconds']:.0f} s on 1 thread of 2 shared cores")
     verdict = "reproduced" if row["frr_0.9"] == 1.0 else ("partly" if row["frr_0.9"] >= 0.9 else "not reproduced")
     return Measurement(measured, verdict)
+
+
+def light_and_heavy(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rows in light (d > √n) and heavy (d < √n) superposition."""
+    light = table["d"] > table["n"] ** 0.5
+    heavy = table["d"] < table["n"] ** 0.5
+    return table[light], table[heavy]
+
+
+def frr_by_target(table: pd.DataFrame) -> pd.Series:
+    """Mean FRR(0.9) over seeds (and d) at each target p/f."""
+    return table.groupby("highest_target_over_f")["frr_0.9"].mean()
+
+
+def listed(values) -> str:
+    return ", ".join(f"{v:g}" for v in values) if len(values) else "none"
+
+
+RESONANCE_SCALE = "n = 256, s = 3, width 4n, 600 steps, 1 seed (paper: n = 65,536)"
+
+
+@claim(
+    "3",
+    "Resonance: in heavy superposition (d < √n) BA reaches FRR ≥ 0.9 for p ≈ 1.7f–4.4f",
+    paper="FRR ≥ 0.9 for p ∈ [1.7f, 4.4f] at d ∈ [102, 178] < √n = 256, n = 65,536",
+    command=grid_command("resonance"),
+    figure="resonance_heatmap",
+)
+def resonance_band(results: Path) -> Measurement:
+    table = load_results(results, "resonance")
+    light, heavy = light_and_heavy(table)
+    heavy_best = heavy["frr_0.9"].max()
+    heavy_init = heavy["frr_init_0.9"].max()
+    v1 = heavy["V1_holds"].astype(str).eq("True").mean()
+    light_by_d = {int(d): listed(sorted(part.loc[part["frr_0.9"] >= 0.9, "highest_target_over_f"])) for d, part in light.groupby("d")}
+    measured = (f"{RESONANCE_SCALE}. Heavy (d = {listed(sorted(heavy['d'].unique()))} < √n = 16): best FRR(0.9) "
+                f"{heavy_best:.2f} (random init up to {heavy_init:.2f}); V1 holds at {v1:.0%} of these points. "
+                "Light: p/f with FRR ≥ 0.9 at each d: " + "; ".join(f"d = {d}: {v}" for d, v in light_by_d.items()))
+    note = ("At n = 256 the heavy regime (d < 16) has no recovery at any p and its instances break V1 "
+            "(features at |cos| > 0.7), so the theorem is silent there; the paper's heavy band lives at n = 65,536 "
+            "where d ∈ [102, 178] keeps V1. In light superposition recovery spans p from below f up to several f "
+            "(see claims 4 and 6 for its lower edge).")
+    return Measurement(measured, "not testable here" if heavy_best < 0.9 else "partly", note)
+
+
+@claim(
+    "4",
+    "Outside the band recovery fails: FRR ≤ 0.15 for p ≤ f and ≤ 0.25 for p ≥ 6f",
+    paper="FRR ≤ 0.15 at p ≤ 0.93f; ≤ 0.25 at p ≥ 6.1f (heavy, n = 65,536)",
+    command=grid_command("band_edge") + " --reuse simulations/results/resonance; " + grid_command("resonance"),
+    figure="band_edge",
+)
+def outside_band(results: Path) -> Measurement:
+    edge = load_results(results, "band_edge")
+    resonance = load_results(results, "resonance")
+    light, _ = light_and_heavy(resonance)
+    low = frr_by_target(edge)
+    low = low[low.index <= 1.0 + 1e-9]
+    high = light[light["highest_target_over_f"] >= 5.5].groupby("highest_target_over_f")["frr_0.9"].mean()
+    d = int(edge["d"].iloc[0])
+    measured = (f"n = 256, d = {d}, mean of {edge['seed'].nunique()} seeds: FRR(0.9) at p/f = "
+                + ", ".join(f"{p:g}: {v:.2f}" for p, v in low.items())
+                + f"; light rows of the heatmap (d > √n, 1 seed) at p/f ≥ 5.6: "
+                + ", ".join(f"{p:g}: {v:.2f}" for p, v in high.items()))
+    fails_low = bool((low <= 0.15).all())
+    fails_high = bool((high <= 0.25).all())
+    verdict = "reproduced" if fails_low and fails_high else ("partly" if fails_low or fails_high else "not reproduced")
+    note = ("Recovery does not fail at p ≤ f in our runs: the controller only lowers a neuron's bias when it fires "
+            "more often than p and leaves neurons between ε and p alone, so the realised frequency of the neurons that "
+            "carry features sits below the target (figure, right panel), and targets at or below f still recover.") if not fails_low else ""
+    return Measurement(measured, verdict, note)
+
+
+@claim(
+    "5",
+    "Too little dimension: FRR ≤ 0.1 for d ≲ 58 (≈ 0.23√n) at every p; the band opens only for d ≳ 84 (≈ 0.33√n)",
+    paper="FRR ≤ 0.1 at d ≤ 58; band opens at d ≈ 84–102 (n = 65,536)",
+    command=grid_command("resonance"),
+    figure="resonance_heatmap",
+)
+def small_d(results: Path) -> Measurement:
+    table = load_results(results, "resonance")
+    by_d = table.groupby("d").agg(best=("frr_0.9", "max"), init=("frr_init_0.9", "max"), v1=("V1_value", "mean"))
+    opens = by_d.index[by_d["best"] >= 0.9]
+    measured = (f"{RESONANCE_SCALE}. Best FRR(0.9) over p at each d (random init; max |cos| between features): "
+                + "; ".join(f"d = {d}: {r.best:.2f} ({r.init:.2f}; {r.v1:.2f})" for d, r in by_d.iterrows())
+                + f". FRR ≥ 0.9 first at d = {opens.min() if len(opens) else 'none'} (√n = 16)")
+    smallest = by_d.iloc[0]
+    opens_after_boundary = len(opens) > 0 and opens.min() > 0.33 * 16
+    verdict = "reproduced" if (smallest.best - smallest.init) <= 0.1 and opens_after_boundary else "partly"
+    return Measurement(measured, verdict)
+
+
+@claim(
+    "6",
+    "The best target is slightly above f; recovery at p = f is poor",
+    paper="best p ≈ 1.7–4.4f; FRR ≈ 0.05–0.15 at p = 0.93f",
+    command=grid_command("band_edge") + " --reuse simulations/results/resonance",
+    figure="band_edge",
+)
+def best_target(results: Path) -> Measurement:
+    table = load_results(results, "band_edge")
+    by_p = frr_by_target(table)
+    realised = table.groupby("highest_target_over_f")["matched_frequency_over_f"].mean()
+    best = by_p[by_p >= by_p.max() - 0.02].index
+    at_f = by_p.loc[np.isclose(by_p.index, 1.0)].iloc[0]
+    measured = (f"n = 256, d = {int(table['d'].iloc[0])}, {table['seed'].nunique()} seeds: FRR(0.9) by p/f: "
+                + ", ".join(f"{p:g}: {v:.2f}" for p, v in by_p.items())
+                + f". Within 0.02 of the best at p/f = {listed(best)}; at p = f: {at_f:.2f}. Realised frequency of the "
+                "features' neurons / f at each target: " + ", ".join(f"{p:g}: {v:.2f}" for p, v in realised.items()))
+    verdict = "reproduced" if at_f < 0.5 and best.min() > 1.0 else "not reproduced"
+    note = ("Our best targets include p ≤ f and recovery at p = f is high, unlike the paper's heatmap; measured "
+            "against the realised frequency (right panel of the figure) the working neurons fire at a fraction of f. "
+            "Either the paper's axis is the target and its rule differs (e.g. the min/max of Algorithm 2, or updates "
+            "that also raise the bias of under-firing neurons), or the position of the band depends on n; this grid "
+            "is at n = 256, d > √n.") if verdict != "reproduced" else ""
+    return Measurement(measured, verdict, note)
+
+
+@claim(
+    "7",
+    "Phase boundary: the band is narrow for d < √n and much wider for d > √n",
+    paper="stated by the theorem's band min(√f, f d) [S]; no d > √n panel is available",
+    command=grid_command("resonance"),
+    figure="resonance_heatmap",
+)
+def phase_boundary(results: Path) -> Measurement:
+    table = load_results(results, "resonance")
+    width = table.groupby("d").apply(lambda part: int((part["frr_0.9"] >= 0.9).sum()), include_groups=False)
+    total = table["highest_target_over_f"].nunique()
+    measured = (f"{RESONANCE_SCALE}. Number of the {total} targets (0.5–8 f) with FRR ≥ 0.9, by d (√n = 16): "
+                + ", ".join(f"d = {d}: {k}" for d, k in width.items()))
+    heavy = width[width.index < 16]
+    light = width[width.index > 16]
+    verdict = "partly" if len(light) and light.max() > heavy.max() else "not reproduced"
+    note = ("The band is wide in light superposition and empty, not narrow, below √n at n = 256: recovery needs d "
+            "large enough for the features to stay incoherent (V1), which at small n happens only above √n.")
+    return Measurement(measured, verdict, note)
+
+
+@claim(
+    "8b",
+    "Recovery takes a constant number of steps (T = 1/ς), independent of n",
+    paper="T = ς⁻¹ [S]",
+    command=grid_command("convergence"),
+    figure="convergence",
+)
+def constant_steps(results: Path) -> Measurement:
+    table = load_results(results, "convergence")
+    history = load_results(results, "convergence", "history.csv").merge(table[["key", "n"]], on="key")
+    reached = {}
+    for n, part in history.groupby("n"):
+        samples = [run.loc[run["frr_0.9"] >= 0.9, "samples"].min() for _, run in part.groupby("key")]
+        reached[n] = samples
+    final = table.groupby("n")["frr_0.9"].mean()
+    measured = ("samples until FRR(0.9) ≥ 0.9, per seed (BA, p = f, d = 2√n, width 4n, batch 1024): "
+                + "; ".join(f"n = {n}: {', '.join('never' if pd.isna(s) else f'{s / 1000:.0f}k' for s in v)} "
+                            f"(final FRR {final[n]:.2f})" for n, v in reached.items()))
+    medians = pd.Series({n: np.nanmedian(v) if not all(pd.isna(v)) else np.inf for n, v in reached.items()})
+    ratio = medians.max() / medians.min()
+    verdict = "reproduced" if ratio <= 1.5 else "partly"
+    note = (f"The samples (hence steps at a fixed batch) needed grow by {ratio:.1f}× from n = {medians.idxmin()} to "
+            f"n = {medians.idxmax()}, not constant; most of the early steps are spent by the controller raising the "
+            "thresholds from 0 (L0 falls from hundreds to ~s), whose duration depends on γ and the update interval.")
+    return Measurement(measured, verdict, note if verdict != "reproduced" else "")
+
+
+@claim(
+    "8c",
+    "The width condition M ≳ n p^(−s/(1−ε)²) of the theorem",
+    paper="sufficient condition [S; the exponent's sign is uncertain]; experiments use M = 4n",
+    command=grid_command("width") + " --reuse simulations/results/resonance",
+    figure="width",
+)
+def width_condition(results: Path) -> Measurement:
+    table = load_results(results, "width").sort_values("width")
+    n = int(table["n"].iloc[0])
+    needed = table["required_width"].iloc[0]
+    measured = (f"n = {n}, d = {int(table['d'].iloc[0])}, p = 2f, 1 seed: FRR(0.9) by M/n: "
+                + ", ".join(f"{w / n:g}: {v:.2f}" for w, v in zip(table["width"], table["frr_0.9"]))
+                + f"; the condition asks M ≥ {needed:.3g} (M/n ≥ {needed / n:.3g}); it holds at none of these points")
+    full = table.loc[table["frr_0.9"] >= 0.95, "width"]
+    note = (f"Recovery is complete from M/n = {full.min() / n:g} on, orders of magnitude below the condition's "
+            f"M ≥ {needed:.3g}: as a sufficient condition it is very loose at this scale; with the opposite sign of the "
+            "exponent (M ≳ n p^s) it would be trivially met.") if len(full) else ""
+    return Measurement(measured, "not testable here", note or "No width recovered every feature.")
+
+
+@claim(
+    "9",
+    "Recovery degrades when the co-occurrence ratio ρ₂ exceeds ≈ n^(−1/2)",
+    paper="v1 Fig. 11 [S]; no numbers available",
+    command=grid_command("cooccurrence"),
+    figure="cooccurrence",
+)
+def cooccurrence_threshold(results: Path) -> Measurement:
+    table = load_results(results, "cooccurrence").sort_values("pair_cooccurrence")
+    n = int(table["n"].iloc[0])
+    threshold = n**-0.5
+    below = table[table["pair_cooccurrence"] <= threshold]["frr_0.9_paired"]
+    above = table[table["pair_cooccurrence"] > threshold]
+    measured = (f"n = {n}, d = {int(table['d'].iloc[0])}, p = 2f, 32 planted pairs, 1 seed: FRR(0.9) of the paired "
+                "features by planted co-occurrence (measured ρ₂): "
+                + ", ".join(f"{r.pair_cooccurrence:g} ({r.H3_value:.2f}): {r['frr_0.9_paired']:.2f}" for _, r in table.iterrows())
+                + f"; n^-1/2 = {threshold:.3f}")
+    worst_above = above["frr_0.9_paired"].min() if len(above) else np.nan
+    degrades = worst_above < below.min() - 0.1
+    sharp = degrades and (above.sort_values("pair_cooccurrence")["frr_0.9_paired"].iloc[0] < below.min() - 0.1)
+    verdict = "reproduced" if sharp else ("partly" if degrades else "not reproduced")
+    note = "" if sharp else ("Recovery of the paired features degrades only well above n^-1/2, if at all: "
+                             "at this scale the threshold is conservative.")
+    return Measurement(measured, verdict, note)
+
+
+def imbalanced_rows(results: Path) -> pd.DataFrame:
+    table = load_results(results, "imbalanced")
+    f = table["feature_frequency"]
+    covers = (table["lowest_target"] <= f) & (table["highest_target"] >= f)
+    return table.assign(covers=covers)
+
+
+@claim(
+    "10",
+    "Imbalanced toy: GBA with targets covering the range recovers every feature",
+    paper="FRR 100 % (τ = 0.8) / 100 % (τ = 0.9)",
+    command=grid_command("imbalanced"),
+    figure="imbalanced",
+)
+def imbalanced_full(results: Path) -> Measurement:
+    table = imbalanced_rows(results)
+    full = table[table["covers"]]
+    measured = (f"n = 128, d = 42, s ∈ {{3, 20}}, GBA K = 10, 4f → f/4, width 8n, 600 steps, {len(full)} seeds: "
+                f"FRR(0.8) = {full['frr_0.8'].mean():.1%} (min {full['frr_0.8'].min():.1%}), "
+                f"FRR(0.9) = {full['frr_0.9'].mean():.1%} (min {full['frr_0.9'].min():.1%})")
+    low = full["frr_0.9"].min()
+    verdict = "reproduced" if low >= 0.99 else ("partly" if low >= 0.8 else "not reproduced")
+    return Measurement(measured, verdict)
+
+
+@claim(
+    "14",
+    "Imbalanced toy: GBA with wrong frequency coverage fails",
+    paper="FRR 38.3 % (τ = 0.8) / 3.9 % (τ = 0.9); 'wrong coverage' is not defined",
+    command=grid_command("imbalanced"),
+    figure="imbalanced",
+)
+def imbalanced_wrong(results: Path) -> Measurement:
+    table = imbalanced_rows(results)
+    wrong = table[~table["covers"]]
+    parts = []
+    for (high, low), part in wrong.groupby(["highest_target", "lowest_target"]):
+        f = part["feature_frequency"].iloc[0]
+        parts.append(f"targets {high / f:.3g}f → {low / f:.3g}f: FRR(0.8) = {part['frr_0.8'].mean():.1%}, "
+                     f"FRR(0.9) = {part['frr_0.9'].mean():.1%}")
+    measured = f"same setting, {wrong['seed'].nunique()} seeds: " + "; ".join(parts)
+    worst = wrong.groupby(["highest_target", "lowest_target"])["frr_0.9"].mean()
+    verdict = "reproduced" if worst.max() <= 0.2 else ("partly" if worst.min() <= 0.2 else "not reproduced")
+    note = "" if verdict == "reproduced" else (
+        "Only some wrong coverages fail: targets far above f can still recover features here, because the controller "
+        "only caps a neuron's frequency at its target and the neurons that carry features fire at a fraction of it.")
+    return Measurement(measured, verdict, note)
+
+
+@claim(
+    "§7",
+    "GBA is nearly tuning-free: with HTF high enough (0.5) and K ≥ 10 it is largely insensitive to HTF, LTF and K",
+    paper="LLM ablation (Fig. 4); the synthetic counterpart is not in the paper",
+    command=grid_command("gba_uniform") + "; " + grid_command("gba_width") + " --reuse simulations/results/gba_uniform",
+    figure="gba_uniform",
+)
+def tuning_free(results: Path) -> Measurement:
+    table = load_results(results, "gba_uniform")
+    by = table.groupby(["groups", "highest_target_over_f"]).agg(frr=("frr_0.9", "mean"), l0=("l0", "mean"))
+    measured = ("single-frequency model n = 256, d = 45, width 4n, LTF f/4: FRR(0.9) (L0) by K and HTF/f: "
+                + "; ".join(f"K = {k}, {h:.3g}f: {r.frr:.2f} ({r.l0:.0f})" for (k, h), r in by.iterrows()))
+    try:
+        widths = load_results(results, "gba_width")
+        measured += "; paper defaults K = 10, HTF 0.5, LTF 1e-3 by width M/n: " + ", ".join(
+            f"{w / n:g}: {v:.2f}" for w, n, v in widths.loc[widths["lowest_target"] == 0.001, ["width", "n", "frr_0.9"]]
+            .sort_values("width").itertuples(index=False))
+    except MissingTable:
+        pass
+    spread = by["frr"].max() - by["frr"].min()
+    verdict = "reproduced" if spread <= 0.1 else "not reproduced"
+    note = ("On a single-frequency model GBA is sensitive to the highest target: groups whose target is far above "
+            "f fire densely (large L0), reconstruct x on their own and starve the sparse groups of gradient. Keep HTF "
+            "within about 10 f of the features' frequency; the paper's LLM defaults (HTF 0.5, LTF 1e-3) assume a wide "
+            "spread of feature frequencies that a single-frequency model does not have.") if verdict != "reproduced" else ""
+    return Measurement(measured, verdict, note)
+
+
+@claim(
+    "26–29",
+    "SAEBench on Gemma2-2B: GBA has the best explained variance (0.902), absorption (0.0041), alive fraction (0.970)",
+    paper="ICLR Table 2 [S]",
+    command="none",
+)
+def saebench(results: Path) -> Measurement:
+    return Measurement("not run: needs Gemma2-2B activations and SAEBench; this project has no model hub access "
+                       "and 2 CPU cores", "not testable here")
