@@ -133,10 +133,16 @@ def outside_band(results: Path) -> Measurement:
     fails_low = bool((low <= 0.15).all())
     fails_high = bool((high <= 0.25).all())
     verdict = "reproduced" if fails_low and fails_high else ("partly" if fails_low or fails_high else "not reproduced")
-    note = ("Recovery does not fail at p ≤ f in our runs: the controller only lowers a neuron's bias when it fires "
-            "more often than p and leaves neurons between ε and p alone, so the realised frequency of the neurons that "
-            "carry features sits below the target (figure, right panel), and targets at or below f still recover.") if not fails_low else ""
-    return Measurement(measured, verdict, note)
+    notes = []
+    if not fails_low:
+        notes.append("Recovery does not fail at p ≤ f in our runs. The controller only raises a neuron's threshold "
+                     "when it fires more often than p and leaves neurons between ε and p alone, so the neurons that "
+                     "carry features fire below their target (realised frequency in claim 6 and the right panel of "
+                     "the figure), and targets at or below f still recover.")
+    if not fails_high:
+        notes.append("At p ≥ 5.6f recovery survives where d is large (light superposition, the theorem's wider band "
+                     "min(√f, f d)); at n = 256 the heavy regime where the paper sees the upper cut-off recovers nothing.")
+    return Measurement(measured, verdict, " ".join(notes))
 
 
 @claim(
@@ -153,10 +159,16 @@ def small_d(results: Path) -> Measurement:
     measured = (f"{RESONANCE_SCALE}. Best FRR(0.9) over p at each d (random init; max |cos| between features): "
                 + "; ".join(f"d = {d}: {r.best:.2f} ({r.init:.2f}; {r.v1:.2f})" for d, r in by_d.iterrows())
                 + f". FRR ≥ 0.9 first at d = {opens.min() if len(opens) else 'none'} (√n = 16)")
-    smallest = by_d.iloc[0]
-    opens_after_boundary = len(opens) > 0 and opens.min() > 0.33 * 16
-    verdict = "reproduced" if (smallest.best - smallest.init) <= 0.1 and opens_after_boundary else "partly"
-    return Measurement(measured, verdict)
+    root_n = float(table["n"].iloc[0]) ** 0.5
+    small = by_d[by_d.index < 0.9 * root_n]
+    fails_small = bool(((small["best"] - small["init"]) <= 0.1).all()) if len(small) else False
+    opens_like_paper = len(opens) > 0 and opens.min() <= 0.4 * root_n
+    verdict = {2: "reproduced", 1: "partly", 0: "not reproduced"}[int(fails_small) + int(opens_like_paper)]
+    note = (f"Below √n nothing beyond the random-init level is recovered, as in the paper, but the band opens only at "
+            f"d = {opens.min() if len(opens) else '—'} = {opens.min() / root_n if len(opens) else float('nan'):.1f}√n here, against "
+            "≈ 0.33–0.4√n in the paper: at n = 256 the features stay incoherent enough (V1, max |cos| ≤ 0.7) only "
+            "from d ≈ 2√n on, while at n = 65,536 that happens near d = 90 ≈ 0.35√n.") if not opens_like_paper else ""
+    return Measurement(measured, verdict, note)
 
 
 @claim(
@@ -176,12 +188,17 @@ def best_target(results: Path) -> Measurement:
                 + ", ".join(f"{p:g}: {v:.2f}" for p, v in by_p.items())
                 + f". Within 0.02 of the best at p/f = {listed(best)}; at p = f: {at_f:.2f}. Realised frequency of the "
                 "features' neurons / f at each target: " + ", ".join(f"{p:g}: {v:.2f}" for p, v in realised.items()))
-    verdict = "reproduced" if at_f < 0.5 and best.min() > 1.0 else "not reproduced"
-    note = ("Our best targets include p ≤ f and recovery at p = f is high, unlike the paper's heatmap; measured "
-            "against the realised frequency (right panel of the figure) the working neurons fire at a fraction of f. "
-            "Either the paper's axis is the target and its rule differs (e.g. the min/max of Algorithm 2, or updates "
-            "that also raise the bias of under-firing neurons), or the position of the band depends on n; this grid "
-            "is at n = 256, d > √n.") if verdict != "reproduced" else ""
+    above_f, poor_at_f = bool(best.min() > 1.0), bool(at_f < 0.5)
+    verdict = {2: "reproduced", 1: "partly", 0: "not reproduced"}[int(above_f) + int(poor_at_f)]
+    working = table.loc[table["frr_0.9"] >= 0.9, "matched_frequency_over_f"]
+    note = (f"The best target lies {'above' if above_f else 'at or below'} f, but recovery at p = f is "
+            f"{'poor' if poor_at_f else 'not poor'} ({at_f:.2f}), and runs with FRR(0.9) ≥ 0.9 have realised frequencies "
+            f"(of the features' neurons) from {working.min():.2f}f up. The controller leaves neurons between ε and p "
+            "alone, so the realised frequency is well below the target: measured in realised frequency the best runs "
+            f"sit at ≈ {table.loc[table['frr_0.9'] >= by_p.max() - 0.02, 'matched_frequency_over_f'].mean():.2f}f. "
+            "If the paper's axis is the realised frequency its band would correspond to higher targets than ours; if "
+            "it is the target, our lower edge is much softer (n = 256, light superposition, against the paper's "
+            "n = 65,536, heavy).") if verdict != "reproduced" else ""
     return Measurement(measured, verdict, note)
 
 
