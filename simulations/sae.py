@@ -53,6 +53,28 @@ class SparseAutoencoder(nn.Module):
         else:
             self.decoder = nn.Parameter(directions.clone() * config.initial_scale)
         self.pre_bias = nn.Parameter(torch.zeros(d, device=device))
+        self.points: int | None = None
+        """None for one SAE; G when the parameters carry a leading axis of G SAEs (`stack`)."""
+
+    @classmethod
+    def stack(cls, saes: list["SparseAutoencoder"]) -> "SparseAutoencoder":
+        """One module training G equally shaped SAEs at once: each parameter gets a leading axis of G."""
+        first = saes[0]
+        if any(sae.config != first.config or sae.d != first.d for sae in saes):
+            raise ValueError("stack: every SAE must have the same config and dimension")
+        stacked = cls.__new__(cls)
+        nn.Module.__init__(stacked)
+        stacked.config, stacked.d, stacked.points = first.config, first.d, len(saes)
+        for name, _ in first.named_parameters():
+            setattr(stacked, name, nn.Parameter(torch.stack([getattr(sae, name).detach() for sae in saes])))
+        return stacked
+
+    @torch.no_grad()
+    def unstack_into(self, saes: list["SparseAutoencoder"]) -> None:
+        """Copy the parameters of each stacked SAE back into its own module."""
+        for name, parameter in self.named_parameters():
+            for point, sae in enumerate(saes):
+                getattr(sae, name).copy_(parameter[point])
 
     @property
     def width(self) -> int:
@@ -60,17 +82,17 @@ class SparseAutoencoder(nn.Module):
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """Encoder projections (x - b_pre) W^T, shape (batch, width), before any bias."""
-        return (x - self.pre_bias) @ self.weight.T
+        return (x - self.pre_bias.unsqueeze(-2)) @ self.weight.mT
 
     @property
     def decoder_weight(self) -> torch.Tensor:
         """Decoder rows, shape (width, d): a_m w_m (tied) or d_m (untied)."""
         if self.config.tied:
-            return self.scale[:, None] * self.weight
+            return self.scale.unsqueeze(-1) * self.weight
         return self.decoder
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        return codes @ self.decoder_weight + self.pre_bias
+        return codes @ self.decoder_weight + self.pre_bias.unsqueeze(-2)
 
     @torch.no_grad()
     def normalise_(self) -> None:
@@ -78,4 +100,4 @@ class SparseAutoencoder(nn.Module):
         if not self.config.normalise_rows:
             return
         rows = self.weight if self.config.tied else self.decoder
-        rows.div_(rows.norm(dim=1, keepdim=True).clamp_min(1e-12))
+        rows.div_(rows.norm(dim=-1, keepdim=True).clamp_min(1e-12))

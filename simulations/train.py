@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from simulations.methods.base import Method
 from simulations.sae import SparseAutoencoder
+from simulations.sparse_step import dense_forward, reconstruction_loss, sparse_forward  # noqa: F401 (reconstruction_loss: public here)
 from theory.metrics import feature_recovery_rate
 from theory.validation import ConfigError, check_choice, check_int, check_real
 
@@ -37,6 +38,12 @@ class TrainConfig:
     """Steps between history rows (loss, L0, per-group frequencies, FRR when features are known)."""
     device: str = "auto"
     """'auto' (CUDA when available), 'cpu' or 'cuda'."""
+    sparse_step: bool = True
+    """Use the sparse step (decode and backward on the active codes only) for methods with exactly
+    sparse codes; the result equals the dense step's up to float rounding."""
+    sparse_max_density: float = 0.05
+    """The sparse step is taken when the previous batch's share of non-zero codes is at most this
+    (early training, with biases at 0, is dense and takes the dense step)."""
 
     def __post_init__(self):
         check_int("steps", self.steps, 1)
@@ -46,6 +53,9 @@ class TrainConfig:
         check_real("weight_decay", self.weight_decay, 0.0)
         check_int("log_every", self.log_every, 1)
         check_choice("device", self.device, ("auto", "cpu", "cuda"))
+        if not isinstance(self.sparse_step, bool):
+            raise ConfigError(f"sparse_step: must be true or false, got {self.sparse_step!r}")
+        check_real("sparse_max_density", self.sparse_max_density, 0.0, 1.0)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -62,11 +72,6 @@ def normalise(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
-def reconstruction_loss(reconstruction: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """The paper's 1/2 ||x_hat - x||^2, averaged over the batch."""
-    return 0.5 * (reconstruction - x).pow(2).sum(dim=1).mean()
-
-
 def train(
     sae: SparseAutoencoder,
     method: Method,
@@ -80,60 +85,83 @@ def train(
     """Train `sae` with `method` on `config.steps` batches; returns the history as a tidy table.
 
     `batches` yields float tensors (batch, d) on the SAE's device. With `features` (the true V),
-    the history also tracks FRR(0.9) of the decoder rows.
+    the history also tracks FRR(0.9) of the decoder rows. A stack of G SAEs
+    (`SparseAutoencoder.stack`, with a `simulations.batched.StackedMethod`) trains on batches of
+    shape (G, batch, d) with `features` a list of G matrices (or None); its history has a `point` column.
     """
     parameters = [p for p in list(sae.parameters()) + list(method.parameters()) if p.requires_grad]
     if config.optimizer == "adamw":
         optimiser = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
     else:
         optimiser = torch.optim.Adam(parameters, lr=config.learning_rate)
-    groups = method.group_of_neuron()
-    targets = method.target_frequencies()
+    point_methods = [method] if sae.points is None else list(method.methods)
+    point_features = [features] if sae.points is None else list(features or [None] * sae.points)
     history = []
-    active_counts = torch.zeros(sae.width, device=sae.weight.device)
+    active_counts = torch.zeros(sae.weight.shape[:-1], device=sae.weight.device)
     window_samples = 0
+    # Codes start dense (biases at 0), so the first step is dense; later ones follow the last density.
+    density = 1.0
+    use_sparse = config.sparse_step and method.sparse_codes
     started = time.perf_counter()
     for step in tqdm(range(1, config.steps + 1), disable=not progress, desc="training", leave=False):
         x = next(batches)
         if config.normalise_inputs:
             x = normalise(x)
-        projection = sae.project(x)
-        codes = method.encode(projection)
-        reconstruction = sae.decode(codes)
-        loss = reconstruction_loss(reconstruction, x)
-        penalty = method.penalty(codes, sae.decoder_weight.norm(dim=1))
-        total = loss + penalty
+        forward = sparse_forward if use_sparse and density <= config.sparse_max_density else dense_forward
+        result = forward(sae, method, x)
+        total = (result.loss + result.penalty).sum()
         optimiser.zero_grad(set_to_none=True)
         total.backward()
         optimiser.step()
         sae.normalise_()
-        method.after_step(projection.detach())
+        method.after_step(result.projection)
 
-        active = codes.detach() != 0
-        active_counts += active.sum(dim=0)
-        window_samples += x.shape[0]
+        active_counts += result.neuron_counts
+        window_samples += x.shape[-2]
+        density = float(result.neuron_counts.sum()) / (result.neuron_counts.numel() * x.shape[-2])
         if step % config.log_every == 0 or step == config.steps:
-            row = {
-                "step": step,
-                "samples": step * x.shape[0],
-                "loss": float(loss.detach()),
-                "penalty": float(penalty.detach()) if torch.is_tensor(penalty) else float(penalty),
-                "l0": float(active.sum(dim=1).float().mean()),
-                "seconds": time.perf_counter() - started,
-            }
-            frequency = (active_counts / window_samples).cpu()
-            if groups is not None:
-                group_index = groups.cpu()
-                for k in range(len(targets)):
-                    members = frequency[group_index == k]
-                    row[f"group{k}_target"] = float(targets[k])
-                    row[f"group{k}_frequency"] = float(members.mean())
-                    row[f"group{k}_above_target"] = float((members > targets[k]).float().mean())
-            if features is not None:
-                row["frr_0.9"] = feature_recovery_rate(features, sae.decoder_weight.detach().cpu().numpy(), 0.9)
-            history.append(row)
-            if on_log is not None:
-                on_log(row)
+            decoders = sae.decoder_weight.detach().reshape(-1, sae.width, sae.d).cpu().numpy()
+            frequencies = (active_counts / window_samples).cpu().reshape(-1, sae.width)
+            batch_counts = result.neuron_counts.reshape(-1, sae.width).sum(dim=1).cpu()
+            for point, point_method in enumerate(point_methods):
+                row = {} if sae.points is None else {"point": point}
+                row.update(
+                    step=step,
+                    samples=step * x.shape[-2],
+                    loss=_point_value(result.loss, point),
+                    penalty=_point_value(result.penalty, point),
+                    l0=float(batch_counts[point]) / x.shape[-2],
+                    seconds=time.perf_counter() - started,
+                )
+                row.update(_group_columns(point_method, frequencies[point]))
+                if point_features[point] is not None:
+                    row["frr_0.9"] = feature_recovery_rate(point_features[point], decoders[point], 0.9)
+                history.append(row)
+                if on_log is not None:
+                    on_log(row)
             active_counts.zero_()
             window_samples = 0
     return pd.DataFrame(history)
+
+
+def _point_value(value: torch.Tensor | float, point: int) -> float:
+    """The value of one point of a stack (or the single value)."""
+    if torch.is_tensor(value):
+        value = value.detach()
+        return float(value[point]) if value.dim() else float(value)
+    return float(value)
+
+
+def _group_columns(method: Method, frequency: torch.Tensor) -> dict:
+    """Per-group target, mean frequency and share of neurons above target, for methods with groups."""
+    groups, targets = method.group_of_neuron(), method.target_frequencies()
+    if groups is None:
+        return {}
+    group_index = groups.cpu()
+    row = {}
+    for k in range(len(targets)):
+        members = frequency[group_index == k]
+        row[f"group{k}_target"] = float(targets[k])
+        row[f"group{k}_frequency"] = float(members.mean())
+        row[f"group{k}_above_target"] = float((members > targets[k]).float().mean())
+    return row

@@ -112,9 +112,17 @@ class BiasController:
 
     def observe(self, pre_activation: torch.Tensor, bias: torch.Tensor) -> bool:
         """Add a batch of pre-activations y (batch, width); update `bias` in place when a window is full."""
-        self.positive_counts += (pre_activation > 0).sum(dim=0)
-        torch.maximum(self.largest, pre_activation.amax(dim=0), out=self.largest)
-        self.samples += pre_activation.shape[0]
+        self.record((pre_activation > 0).sum(dim=0), pre_activation.amax(dim=0), pre_activation.shape[0])
+        return self.update_if_due(bias)
+
+    def record(self, positive_counts: torch.Tensor, largest: torch.Tensor, samples: int) -> None:
+        """Add one batch's statistics: positive pre-activations per neuron, their maximum, the batch size."""
+        self.positive_counts += positive_counts
+        torch.maximum(self.largest, largest, out=self.largest)
+        self.samples += samples
+
+    def update_if_due(self, bias: torch.Tensor) -> bool:
+        """Algorithm 2 on `bias` (in place) when the window holds `update_interval` samples."""
         if self.samples < self.interval:
             return False
         self.update(bias)
@@ -171,6 +179,8 @@ class BiasAdaptation(Method):
         self.register_buffer("groups", groups)
         self.controller = BiasController(config, groups)
 
+    sparse_codes = True
+
     def encode(self, projection: torch.Tensor) -> torch.Tensor:
         pre_activation = projection + self.bias
         if self.config.activation == "relu":
@@ -178,8 +188,26 @@ class BiasAdaptation(Method):
         return projection * (pre_activation > 0)
 
     @torch.no_grad()
-    def after_step(self, projection: torch.Tensor) -> None:
-        self.controller.observe(projection + self.bias, self.bias)
+    def support(self, projection: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # p > -b is exactly p + b > 0 in floating point (a rounded sum is zero only when the exact
+        # one is), and rounding is monotone, so max(p) + b = max(p + b): the controller sees the
+        # dense path's statistics bit for bit without a (batch, width) pre-activation tensor.
+        rows, columns = (projection > -self.bias).nonzero(as_tuple=True)
+        positive_counts = torch.bincount(columns, minlength=self.bias.numel())
+        self.controller.record(positive_counts, projection.amax(dim=0) + self.bias, projection.shape[0])
+        return rows, columns
+
+    def code_values(self, projection_values: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        if self.config.activation == "relu":
+            return projection_values + self.bias[columns]
+        return projection_values
+
+    @torch.no_grad()
+    def after_step(self, projection: torch.Tensor | None) -> None:
+        if projection is None:
+            self.controller.update_if_due(self.bias)
+        else:
+            self.controller.observe(projection + self.bias, self.bias)
 
     def group_of_neuron(self) -> torch.Tensor:
         return self.groups

@@ -1,0 +1,114 @@
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+import simulations.sparse_step as sparse_step
+import simulations.train as train_module
+from simulations.methods.bias_adaptation import BiasAdaptationConfig
+from simulations.recover import RecoverConfig, run
+from simulations.sae import SAEConfig, SparseAutoencoder
+from simulations.sparse_step import dense_forward, sparse_forward
+from simulations.train import TrainConfig
+from theory.model import FeatureModel
+
+D, WIDTH, BATCH = 24, 384, 300
+
+
+def setup(tied, activation, pre_bias, bias, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    sae = SparseAutoencoder(SAEConfig(width=WIDTH, tied=tied), D, generator)
+    with torch.no_grad():
+        if pre_bias:
+            sae.pre_bias.copy_(0.1 * torch.randn(D, generator=generator))
+        else:
+            sae.pre_bias.requires_grad_(False)
+        if tied:
+            sae.scale.copy_(torch.rand(WIDTH, generator=generator) + 0.5)
+    config = BiasAdaptationConfig.single(0.01, activation=activation, update_interval=10**9)
+    methods = [config.build(WIDTH) for _ in range(2)]
+    biases = bias - 0.05 * torch.rand(WIDTH, generator=generator)
+    for method in methods:
+        method.bias.copy_(biases)
+    x = torch.randn(BATCH, D, generator=generator)
+    return sae, methods, x / x.norm(dim=1, keepdim=True)
+
+
+def gradients(forward, sae, method, x):
+    sae.zero_grad(set_to_none=True)
+    result = forward(sae, method, x)
+    (result.loss + result.penalty).sum().backward()
+    method.after_step(result.projection)
+    return result, {name: p.grad.clone() for name, p in sae.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("tied", [True, False])
+@pytest.mark.parametrize("activation", ["jumprelu", "relu"])
+@pytest.mark.parametrize("pre_bias", [True, False])
+@pytest.mark.parametrize("bias", [-0.45, -0.3, -0.12])  # about 0.1 %, 2 % and 20 % of codes active
+def test_sparse_step_gradients_equal_the_dense_step(tied, activation, pre_bias, bias, monkeypatch):
+    monkeypatch.setattr(sparse_step, "BLOCK_ELEMENTS", 64 * WIDTH)  # several blocks of rows
+    sae, (dense_method, sparse_method), x = setup(tied, activation, pre_bias, bias)
+    dense, dense_gradients = gradients(dense_forward, sae, dense_method, x)
+    sparse, sparse_gradients = gradients(sparse_forward, sae, sparse_method, x)
+    assert int(dense.neuron_counts.sum()) > 0
+    assert torch.equal(dense.neuron_counts, sparse.neuron_counts)
+    assert torch.allclose(dense.loss, sparse.loss, rtol=1e-6, atol=0)
+    assert set(dense_gradients) == set(sparse_gradients) == ({"weight", "scale" if tied else "decoder"} | ({"pre_bias"} if pre_bias else set()))
+    for name, expected in dense_gradients.items():
+        error = (sparse_gradients[name] - expected).norm() / expected.norm()
+        assert error <= 1e-5, (name, float(error))
+    # The controller's statistics, taken inside the sparse forward, are the dense path's exactly.
+    dense_controller, sparse_controller = dense_method.controller, sparse_method.controller
+    assert torch.equal(dense_controller.positive_counts, sparse_controller.positive_counts)
+    assert torch.equal(dense_controller.largest, sparse_controller.largest)
+    assert dense_controller.samples == sparse_controller.samples == BATCH
+
+
+def test_sparse_step_updates_the_biases_like_the_dense_step():
+    sae, _, x = setup(True, "jumprelu", True, -0.2)
+    config = BiasAdaptationConfig.single(0.005, update_interval=2 * BATCH)
+    dense_method, sparse_method = config.build(WIDTH), config.build(WIDTH)
+    for _ in range(4):
+        for forward, method in ((dense_forward, dense_method), (sparse_forward, sparse_method)):
+            method.after_step(forward(sae, method, x).projection)
+        assert torch.equal(dense_method.bias, sparse_method.bias)
+    assert dense_method.controller.updates == sparse_method.controller.updates == 2
+    assert (sparse_method.bias < 0).any()
+
+
+def small_run(sparse: bool, activation="jumprelu", tied=True):
+    model = FeatureModel(n=64, d=32, sparsity=2, seed=1)
+    return RecoverConfig(
+        model=model,
+        sae=SAEConfig(width=256, tied=tied),
+        method="ba",
+        method_config=BiasAdaptationConfig.single(2 * model.feature_frequency, activation=activation),
+        train=TrainConfig(steps=150, batch_size=512, device="cpu", sparse_step=sparse, sparse_max_density=1.0, log_every=25),
+        seed=1,
+    )
+
+
+@pytest.mark.parametrize("activation, tied", [("jumprelu", True), ("relu", False)])
+def test_training_with_the_sparse_step_gives_the_dense_result(activation, tied, monkeypatch):
+    calls = []
+    monkeypatch.setattr(train_module, "sparse_forward", lambda *args: calls.append(1) or sparse_forward(*args))
+    dense = run(small_run(False, activation, tied))
+    assert not calls
+    sparse = run(small_run(True, activation, tied))
+    assert len(calls) == 150  # sparse_max_density = 1 takes the sparse step even while codes are dense
+    for name, expected in dense.sae.named_parameters():
+        np.testing.assert_allclose(dict(sparse.sae.named_parameters())[name].detach(), expected.detach(), atol=2e-5)
+    np.testing.assert_allclose(sparse.method.bias, dense.method.bias, atol=2e-5)
+    np.testing.assert_allclose(sparse.history["loss"], dense.history["loss"], rtol=1e-4)
+    for key in ("frr_0.9", "l0", "dead_fraction"):
+        assert sparse.metrics[key] == pytest.approx(dense.metrics[key], rel=1e-3, abs=1e-3), key
+
+
+def test_sparse_settings_are_validated():
+    with pytest.raises(Exception, match="sparse_max_density"):
+        TrainConfig(sparse_max_density=1.5)
+    with pytest.raises(Exception, match="sparse_step"):
+        TrainConfig(sparse_step="yes")
+    assert dataclasses.replace(TrainConfig(), sparse_step=False).sparse_step is False
