@@ -184,28 +184,38 @@ def torch_batches(data: SyntheticData, batch_size: int, seed: int, device: torch
         yield torch.from_numpy(batch.x).to(device)
 
 
-def run(config: RecoverConfig, features: np.ndarray | None = None, progress: bool = False) -> RecoverResult:
-    """Train one SAE on one synthetic instance and evaluate its recovery of the planted features."""
-    started = time.perf_counter()
+def prepare(config: RecoverConfig, features: np.ndarray | None = None):
+    """The run's data, freshly initialised SAE and method, and the initial decoder rows."""
     device = resolve_device(config.train.device)
     data = SyntheticData(config.model, features=features)
     generator = torch.Generator().manual_seed(config.seed)
     sae = SparseAutoencoder(config.sae, config.model.d, generator, device)
     method = config.method_config.build(config.sae.width, device)
-    initial_decoder = sae.decoder_weight.detach().cpu().numpy()
-    history = train(
-        sae,
-        method,
-        torch_batches(data, config.train.batch_size, config.seed, device),
-        config.train,
-        features=data.features,
-        progress=progress,
-    )
+    return data, sae, method, sae.decoder_weight.detach().cpu().numpy()
+
+
+def finish(config, data, sae, method, initial_decoder, history, started: float) -> RecoverResult:
+    """Evaluate a trained SAE and bundle the run's result (`started`: its perf_counter start)."""
     metrics = evaluate(sae, method, data, config)
     for tau in (0.8, 0.9):
         metrics[f"frr_init_{tau}"] = feature_recovery_rate(data.features, initial_decoder, tau)
     metrics["wall_seconds"] = time.perf_counter() - started
     return RecoverResult(config, data, sae, method, metrics, history)
+
+
+def run(config: RecoverConfig, features: np.ndarray | None = None, progress: bool = False) -> RecoverResult:
+    """Train one SAE on one synthetic instance and evaluate its recovery of the planted features."""
+    started = time.perf_counter()
+    data, sae, method, initial_decoder = prepare(config, features)
+    history = train(
+        sae,
+        method,
+        torch_batches(data, config.train.batch_size, config.seed, sae.weight.device),
+        config.train,
+        features=data.features,
+        progress=progress,
+    )
+    return finish(config, data, sae, method, initial_decoder, history, started)
 
 
 @torch.no_grad()

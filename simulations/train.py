@@ -69,7 +69,7 @@ def resolve_device(name: str) -> torch.device:
 
 def normalise(x: torch.Tensor) -> torch.Tensor:
     """Each row scaled to unit norm (a zero row stays zero)."""
-    return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
 def train(
