@@ -7,9 +7,9 @@ import sys
 
 from theory.validation import ConfigError
 
-from simulations import checks_cli, figures_cli, grid_cli, recover_cli
+from simulations import bench, checks_cli, figures_cli, grid_cli, recover_cli
 
-COMMANDS = [recover_cli, grid_cli, figures_cli, checks_cli]
+COMMANDS = [recover_cli, grid_cli, figures_cli, checks_cli, bench]
 """Modules with `register(subparsers)`; each sets `handler` on its parser."""
 
 

@@ -153,9 +153,15 @@ def sparse_forward(sae: SparseAutoencoder, method: Method, x: torch.Tensor) -> S
     The projections are computed in blocks of rows (at most `BLOCK_ELEMENTS` at a time) while the
     method finds their support and takes its statistics; only the active entries are kept.
     """
-    width, d = sae.width, sae.d
     centred = x - sae.pre_bias.unsqueeze(-2)
     rows, columns, values = _support_in_blocks(sae, method, centred.detach())
+    with torch.autocast(x.device.type, enabled=False):  # the sparse products stay in the parameters' dtype
+        return _sparse_rest(sae, method, x, centred, rows, columns, values.to(centred.dtype))
+
+
+def _sparse_rest(sae, method, x, centred, rows, columns, values) -> StepForward:
+    """The sparse step after the support is known: decode, loss and penalty from the active codes."""
+    width, d = sae.width, sae.d
     batch_rows = centred[..., 0].numel()
     # In a stack, neuron m of SAE g is row g*M + m of the flattened weights.
     flat_columns = columns + (rows // x.shape[-2]) * width if sae.points else columns

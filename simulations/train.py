@@ -41,6 +41,9 @@ class TrainConfig:
     sparse_step: bool = True
     """Use the sparse step (decode and backward on the active codes only) for methods with exactly
     sparse codes; the result equals the dense step's up to float rounding."""
+    autocast_bf16: bool = False
+    """Run the forward pass under torch.autocast with bfloat16 (the dense matmuls in bf16; the
+    parameters, gradients, sparse decode and optimiser stay fp32)."""
     sparse_max_density: float = 0.05
     """The sparse step is taken when the previous batch's share of non-zero codes is at most this
     (early training, with biases at 0, is dense and takes the dense step)."""
@@ -56,6 +59,8 @@ class TrainConfig:
         if not isinstance(self.sparse_step, bool):
             raise ConfigError(f"sparse_step: must be true or false, got {self.sparse_step!r}")
         check_real("sparse_max_density", self.sparse_max_density, 0.0, 1.0)
+        if not isinstance(self.autocast_bf16, bool):
+            raise ConfigError(f"autocast_bf16: must be true or false, got {self.autocast_bf16!r}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -108,7 +113,8 @@ def train(
         if config.normalise_inputs:
             x = normalise(x)
         forward = sparse_forward if use_sparse and density <= config.sparse_max_density else dense_forward
-        result = forward(sae, method, x)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=config.autocast_bf16):
+            result = forward(sae, method, x)
         total = (result.loss + result.penalty).sum()
         optimiser.zero_grad(set_to_none=True)
         total.backward()

@@ -190,11 +190,14 @@ class BiasAdaptation(Method):
     @torch.no_grad()
     def support(self, projection: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # p > -b is exactly p + b > 0 in floating point (a rounded sum is zero only when the exact
-        # one is), and rounding is monotone, so max(p) + b = max(p + b): the controller sees the
-        # dense path's statistics bit for bit without a (batch, width) pre-activation tensor.
+        # one is). Algorithm 2 uses the largest pre-activation only where it is positive, i.e. the
+        # largest over the active entries: O(nnz) work, no pass over the (batch, width) tensor,
+        # and the same biases bit for bit as the dense path's statistics.
         rows, columns = (projection > -self.bias).nonzero(as_tuple=True)
-        positive_counts = torch.bincount(columns, minlength=self.bias.numel())
-        self.controller.record(positive_counts, projection.amax(dim=0) + self.bias, projection.shape[0])
+        width = self.bias.numel()
+        positive = projection[rows, columns] + self.bias[columns]
+        largest = torch.zeros(width, device=self.bias.device).scatter_reduce_(0, columns, positive, "amax")
+        self.controller.record(torch.bincount(columns, minlength=width), largest, projection.shape[0])
         return rows, columns
 
     def code_values(self, projection_values: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,31 @@
+import json
+
+import pytest
+import torch
+
+from simulations import bench
+from simulations.cli import build_parser
+
+
+def test_bench_is_a_gba_command():
+    args = build_parser().parse_args(["bench", "--quick", "--json", "out.json"])
+    assert args.quick and str(args.json) == "out.json" and args.handler is bench.handle
+
+
+def test_controller_record_states_time_and_memory():
+    record = bench.controller_record(16, 512, 1, torch.device("cpu"), step_seconds=1.0)
+    assert record["controller_seconds_per_step"] > 0
+    assert record["controller_bytes"] == 512 * (8 + 4)  # int64 counts + fp32 maxima: O(M)
+    assert record["buffered_bytes"] == 512 * record["update_interval"] * 4
+
+
+def test_step_records_have_the_issue_keys_and_a_table(tmp_path):
+    records = bench.step_records([(16, 256)], ["gba"], 2, torch.device("cpu"), peak=100.0, with_dense=True)
+    assert [r["variant"] for r in records] == ["sparse", "dense"]
+    for record in records:
+        for key in ("method", "d", "width", "batch", "step_seconds", "encoder_matmul_seconds", "ratio_to_matmul"):
+            assert key in record, key
+        assert record["ratio_to_matmul"] == pytest.approx(record["step_seconds"] / record["encoder_matmul_seconds"])
+    text = bench.table([{"kind": "step", **r} for r in records])
+    assert "ratio_to_matmul" in text and "gba" in text
+    json.dumps(records)
