@@ -50,22 +50,30 @@ def controller(results: Path) -> Measurement:
     "8",
     "BA recovers all features (cos ≥ 1 − o(1)) inside the band",
     paper="Theorem 6.1",
-    command=grid_command("convergence"),
-    figure="convergence",
+    command=grid_command("band_edge") + " --reuse simulations/results/resonance",
+    figure="band_edge",
 )
 def theorem_point(results: Path) -> Measurement:
-    table = load_results(results, "convergence")
-    point = table[(table["n"] == 1024) & (table["d"] == 64) & (table["width"] == 4096)]
-    if point.empty:
-        raise MissingTable("simulations/results/convergence has no n = 1024 point yet: " + grid_command("convergence"))
-    row = point.iloc[0]
-    measured = (f"the grid's n = 1024, d = 64, width 4096, p = f point (= gba recover --n 1024 --d 64 --width 4096 "
-                f"--target-frequency 1f --steps 600), 600 steps: FRR(0.9) = {row['frr_0.9']:.3f} "
-                f"(random init {row['frr_init_0.9']:.3f}), in the stated band: {row['in_stated_band']}, "
-                f"width condition M ≥ n p^-s: {row['width_condition_holds']} (needs M ≥ {row['required_width']:.3g}); "
-                f"{row['wall_seconds']:.0f} s on 1 thread of 2 shared cores")
-    verdict = "reproduced" if row["frr_0.9"] == 1.0 else ("partly" if row["frr_0.9"] >= 0.9 else "not reproduced")
-    return Measurement(measured, verdict)
+    table = load_results(results, "band_edge")
+    inside = table[table["in_stated_band"].astype(str).eq("True")]
+    if inside.empty:
+        raise MissingTable("simulations/results/band_edge has no point inside the stated band")
+    by_p = inside.groupby("highest_target_over_f")[["frr_0.9", "frr_0.8", "frr_init_0.9"]].agg(["mean", "min"])
+    row = inside.iloc[0]
+    measured = (f"n = {int(row['n'])}, d = {int(row['d'])}, width 4n, 600 steps, {inside['seed'].nunique()} seeds, the "
+                f"targets inside the stated band [{row['stated_band_lower'] / row['feature_frequency']:.2f}f, "
+                f"{row['stated_band_upper'] / row['feature_frequency']:.2f}f]: "
+                + "; ".join(f"p = {p:g}f: FRR(0.9) mean {r[('frr_0.9', 'mean')]:.3f} (min {r[('frr_0.9', 'min')]:.3f}), "
+                            f"FRR(0.8) min {r[('frr_0.8', 'min')]:.3f}, random init {r[('frr_init_0.9', 'mean')]:.3f}"
+                            for p, r in by_p.iterrows())
+                + f"; width condition met: {bool(inside['width_condition_holds'].astype(str).eq('True').any())}")
+    worst = inside["frr_0.9"].min()
+    verdict = "reproduced" if worst >= 0.99 else ("partly" if worst >= 0.9 else "not reproduced")
+    note = ("Inside the stated band most but not all features pass cosine 0.9 after 600 steps at n = 256; the lower "
+            "targets recover fewer. (`gba recover --n 1024 --d 64 --width 4096 --target-frequency 1f` recovered "
+            "1.000 in the core issue's run; that size is too slow for this shared machine's grid budget.)"
+            ) if verdict != "reproduced" else ""
+    return Measurement(measured, verdict, note)
 
 
 def light_and_heavy(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -233,7 +233,7 @@ def gba_uniform(results: Path, out: Path) -> Path:
     axes[1].set_yscale("log")
     for ax in axes:
         plain_log_ticks(ax, table["highest_target_over_f"])
-        ax.set_xlabel("highest target HTF / f (log; lowest target f/4)")
+        ax.set_xlabel("highest target HTF / f (log; 43 f = 0.5, the paper's LLM HTF; lowest target f/4)")
         ax.legend(fontsize=8)
     n, d = int(table["n"].iloc[0]), int(table["d"].iloc[0])
     fig.suptitle(f"GBA on uniform frequencies: n = {n}, d = {d}, width 4n")
