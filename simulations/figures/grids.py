@@ -143,6 +143,7 @@ def cooccurrence(results: Path, out: Path) -> Path:
         ax.plot(table[x], table["frr_0.9_unpaired"], "s--", label="the other features")
         ax.axvline(n**-0.5, color="red", ls=":", label="n^-1/2 (H3's threshold)")
         ax.set_xscale("symlog", linthresh=0.01)
+        ax.set_xlim(0, 1)
         ax.set_xlabel(label)
         ax.legend(fontsize=8)
     axes[0].set_ylabel("FRR(0.9)")
@@ -189,7 +190,7 @@ def convergence(results: Path, out: Path) -> Path:
     axes[0].set_ylabel("FRR(0.9)")
     for ax in axes:
         ax.legend(fontsize=8)
-    fig.suptitle("Convergence: BA at p = f, d = 2√n, width 4n, batch 1024")
+    fig.suptitle("Convergence: BA at p = f, width 4n, batch 1024 (d in the legend)")
     return save(fig, out, "convergence")
 
 
