@@ -20,7 +20,10 @@ def test_a_committed_table_matches_its_spec_and_its_instances_conditions(table_p
     spec = GridSpec.from_toml(Path("simulations/grids") / f"{name}.toml")
     points = {point.key: point for point in spec.points()}
     table = pd.read_csv(table_path)
-    assert set(table["key"]) == set(points), "the table holds exactly the spec's points (re-run the spec if not)"
+    assert set(table["key"]) == set(points), (
+        f"{table_path} does not hold exactly the points of simulations/grids/{name}.toml. If a config field was added, "
+        "pin the value that reproduces the committed runs in the spec's [fixed] table (as sparse_step = false) and "
+        "re-key the stored points, or re-run the spec; then `gba grid table`, `gba figures`, `gba checks`.")
     # Re-measure H1-H3 and V1 on the instance of two points of the table: the stored columns must match.
     for _, row in table.iloc[[0, -1]].iterrows():
         config = points[row["key"]].config
