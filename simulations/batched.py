@@ -75,8 +75,10 @@ class StackedMethod(Method):
 
 
 def stackable(first: RecoverConfig, other: RecoverConfig) -> bool:
-    """Points train together when their SAE shapes and optimiser settings agree."""
-    return first.sae == other.sae and first.train == other.train and first.model.d == other.model.d
+    """Points train together when their SAE shapes and optimiser settings agree, and both are BA/GBA
+    (the baselines' auxiliary losses and running state are per point: they train alone)."""
+    same = first.sae == other.sae and first.train == other.train and first.model.d == other.model.d
+    return same and {first.method, other.method} <= {"ba", "gba"}
 
 
 def train_many(configs: list[RecoverConfig]) -> list[RecoverResult]:

@@ -19,7 +19,7 @@ from safetensors.numpy import save_file
 
 from simulations.methods import METHODS, MethodConfig
 from simulations.methods.base import Method
-from simulations.methods.bias_adaptation import BiasAdaptationConfig
+from simulations.methods.bias_adaptation import BiasAdaptationConfig, frequency_setting  # noqa: F401 (re-exported)
 from simulations.sae import SAEConfig, SparseAutoencoder
 from simulations.train import TrainConfig, normalise, resolve_device, train
 from theory.metrics import ReconstructionStats, dead_fraction, feature_recovery_rate, max_cosine, mcc
@@ -50,10 +50,7 @@ class RecoverConfig:
         check_choice("method", self.method, tuple(METHODS))
         if not isinstance(self.method_config, METHODS[self.method]):
             raise ConfigError(f"method_config: method {self.method!r} needs a {METHODS[self.method].__name__}")
-        if self.method == "ba" and self.method_config.groups != 1:
-            raise ConfigError(f"groups: method 'ba' has exactly 1 group, got {self.method_config.groups}")
-        if self.sae.width < getattr(self.method_config, "groups", 1):
-            raise ConfigError(f"groups: must be at most the width ({self.sae.width}), got {self.method_config.groups}")
+        self.method_config.check(self.method, self.sae.width)
         check_int("seed", self.seed, 0)
         check_int("eval_samples", self.eval_samples, 1)
 
@@ -74,12 +71,13 @@ class RecoverConfig:
         """Build a config from one flat mapping of settings, as grid specs and tables use.
 
         Keys are the field names of `FeatureModel` (`s` is short for `sparsity`), `SAEConfig`,
-        `TrainConfig` and the method's config class, plus `method`, `seed` (the run's seed, also
-        V's unless `feature_seed` is given), `feature_seed` and `eval_samples`. For BA,
-        `target_frequency` sets its single target. A frequency setting (`target_frequency`,
-        `highest_target`, `lowest_target`) may be a multiple of f written as a string, e.g. "2f";
-        `width` may be a multiple of n, e.g. "4n", and `d` a multiple of sqrt(n), e.g. "2sqrt(n)"
-        (both rounded to the nearest integer, at least 1), so a spec scales with one line (n).
+        `TrainConfig` and the method's config class (its `setting_names()`), plus `method`, `seed`
+        (the run's seed, also V's unless `feature_seed` is given), `feature_seed` and
+        `eval_samples`. The method's config reads its own keys (`from_settings`): for BA/GBA,
+        `target_frequency` sets the single target and a frequency may be a multiple of f written
+        as a string, e.g. "2f". `width` may be a multiple of n, e.g. "4n", and `d` a multiple of
+        sqrt(n), e.g. "2sqrt(n)" (both rounded to the nearest integer, at least 1), so a spec
+        scales with one line (n).
         Unknown keys are an error, so a typo never silently falls back to a default.
         """
         settings = dict(settings)
@@ -98,15 +96,9 @@ class RecoverConfig:
         if isinstance(parts["sae"].get("width"), str):
             parts["sae"]["width"] = width_setting(parts["sae"]["width"], model.n)
         method_class = METHODS[method]
-        method_names = {f.name for f in dataclasses.fields(method_class)} | {"target_frequency"}
+        method_names = method_class.setting_names()
         method_settings = {key: settings.pop(key) for key in list(settings) if key in method_names}
-        for key in ("target_frequency", "highest_target", "lowest_target"):
-            if isinstance(method_settings.get(key), str):
-                method_settings[key] = frequency_setting(method_settings[key], model.feature_frequency, key)
-        if "target_frequency" in method_settings:
-            method_config = method_class.single(method_settings.pop("target_frequency"), **method_settings)
-        else:
-            method_config = method_class(**method_settings)
+        method_config = method_class.from_settings(method_settings, model.feature_frequency)
         eval_samples = settings.pop("eval_samples", 16384)
         if settings:
             raise ConfigError(f"settings: unknown setting(s) {', '.join(sorted(settings))}")
@@ -155,15 +147,6 @@ def width_setting(text: str, n: int) -> int:
         return max(1, round(float(text[:-1]) * n)) if text.endswith("n") else int(text)
     except ValueError:
         raise ConfigError(f"width: must be an integer >= 1 or a multiple of n such as '4n', got {text!r}") from None
-
-
-def frequency_setting(text: str, feature_frequency: float, name: str) -> float:
-    """'2f' -> 2 * f; a plain number string -> that number."""
-    text = str(text).strip()
-    try:
-        return float(text[:-1]) * feature_frequency if text.endswith("f") else float(text)
-    except ValueError:
-        raise ConfigError(f"{name}: must be a number in (0, 1) or a multiple of f such as '2f', got {text!r}") from None
 
 
 @dataclass
@@ -224,6 +207,7 @@ def evaluate(sae: SparseAutoencoder, method: Method, data: SyntheticData, config
     device = sae.weight.device
     decoder = sae.decoder_weight.cpu().numpy()
     best, _ = max_cosine(data.features, decoder)
+    method.eval()  # inference rule (BatchTopK's running threshold)
     stats = ReconstructionStats()
     counts = torch.zeros(sae.width, device=device)
     active_total = 0.0

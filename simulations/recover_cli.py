@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from simulations.methods import METHODS
+from simulations.methods.base import field_docs
 from simulations.methods.bias_adaptation import BiasAdaptationConfig
 from simulations.recover import RecoverConfig, frequency_setting, run, save
 from simulations.sae import SAEConfig
@@ -44,7 +47,7 @@ def register(subparsers) -> None:
     sae.add_argument("--initial-scale", type=float, default=SAEConfig.initial_scale)
 
     method = parser.add_argument_group("method")
-    method.add_argument("--method", choices=["ba", "gba"], default="ba")
+    method.add_argument("--method", choices=list(METHODS), default="ba")
     method.add_argument("--target-frequency", default=DEFAULT_TARGET, help="BA's target p: a number or a multiple of f ('2f')")
     method.add_argument("--groups", type=int, default=10, help="GBA: number of groups K")
     method.add_argument("--htf", default="4f", help="GBA: highest target frequency (number or multiple of f)")
@@ -54,6 +57,7 @@ def register(subparsers) -> None:
     method.add_argument("--dead-frequency", type=float, default=BiasAdaptationConfig.dead_frequency, help="epsilon")
     method.add_argument("--update-interval", type=int, default=None, help="samples between bias updates (default: max(8192, 20/lowest target))")
     method.add_argument("--activation", choices=["jumprelu", "relu"], default="jumprelu")
+    add_method_flags(parser.add_argument_group("baseline methods (defaults: the method's config)"))
 
     training = parser.add_argument_group("training")
     training.add_argument("--steps", type=int, default=TrainConfig.steps)
@@ -85,6 +89,56 @@ def load_features(path: Path) -> np.ndarray:
     return features
 
 
+def baseline_fields() -> dict[str, list[tuple[str, dataclasses.Field, str]]]:
+    """Field name -> [(method, field, doc)] for every method config other than BA/GBA's."""
+    fields: dict[str, list] = {}
+    for name, config_class in METHODS.items():
+        if config_class is BiasAdaptationConfig:
+            continue
+        docs = field_docs(config_class)
+        for field in dataclasses.fields(config_class):
+            fields.setdefault(field.name, []).append((name, field, docs.get(field.name, "")))
+    return fields
+
+
+def flag_type(field: dataclasses.Field):
+    """argparse type of a config field from its annotation ('int', 'float | None', 'bool', ...)."""
+    annotation = str(field.type)
+    if annotation.startswith("bool"):
+        return lambda text: {"true": True, "false": False}[text.lower()]
+    if annotation.startswith("int"):
+        return int
+    if annotation.startswith("float"):
+        return float
+    return str
+
+
+def add_method_flags(group) -> None:
+    """One flag per field of each baseline's config (--k, --l1-coefficient, ...), so new methods need no CLI code."""
+    for name, owners in baseline_fields().items():
+        methods = ", ".join(method for method, _, _ in owners)
+        field, doc = owners[0][1], owners[0][2]
+        default = field.default if field.default is not dataclasses.MISSING else None
+        group.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=f"method_{name}",
+            type=flag_type(field),
+            default=argparse.SUPPRESS,  # absent -> the config's default, stated in the help
+            metavar=name.upper() if field.type != "bool" else "true|false",
+            help=f"[{methods}] {doc} (default: {default})".replace("%", "%%"),
+        )
+
+
+def baseline_settings(args) -> dict:
+    """The baseline flags given on the command line; one that the chosen method lacks is an error."""
+    given = {name: getattr(args, f"method_{name}") for name in baseline_fields() if hasattr(args, f"method_{name}")}
+    own = METHODS[args.method].setting_names()
+    for name in given:
+        if name not in own:
+            raise ConfigError(f"{name}: not a setting of method {args.method!r} (its settings: {', '.join(sorted(own))})")
+    return given
+
+
 def config_from_args(args, features: np.ndarray | None) -> RecoverConfig:
     """Validate every setting and assemble the run's config (raises ConfigError before any work)."""
     n, d = (features.shape if features is not None else (args.n, args.d))
@@ -106,7 +160,10 @@ def config_from_args(args, features: np.ndarray | None) -> RecoverConfig:
         update_interval=args.update_interval,
         activation=args.activation,
     )
-    if args.method == "ba":
+    settings = baseline_settings(args)
+    if METHODS[args.method] is not BiasAdaptationConfig:
+        method_config = METHODS[args.method].from_settings(settings, f)
+    elif args.method == "ba":
         method_config = BiasAdaptationConfig.single(frequency_setting(args.target_frequency, f, "target_frequency"), **rule)
     else:
         method_config = BiasAdaptationConfig(

@@ -138,7 +138,9 @@ def dense_forward(sae: SparseAutoencoder, method: Method, x: torch.Tensor) -> St
     projection = sae.project(x)
     codes = method.encode(projection)
     reconstruction = sae.decode(codes)
-    penalty = method.penalty(codes, sae.decoder_weight.norm(dim=-1))
+    decoder = sae.decoder_weight
+    penalty = method.penalty(codes, decoder.norm(dim=-1))
+    penalty = penalty + method.auxiliary_loss(projection, codes, (x - reconstruction).detach(), decoder)
     return StepForward(
         loss=reconstruction_loss(reconstruction, x),
         penalty=penalty,

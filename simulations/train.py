@@ -108,6 +108,7 @@ def train(
     density = 1.0
     use_sparse = config.sparse_step and method.sparse_codes
     started = time.perf_counter()
+    method.train()
     for step in tqdm(range(1, config.steps + 1), disable=not progress, desc="training", leave=False):
         x = next(batches)
         if config.normalise_inputs:

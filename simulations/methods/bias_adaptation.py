@@ -83,10 +83,39 @@ class BiasAdaptationConfig(MethodConfig):
             return self.update_interval
         return int(max(8192, np.ceil(20.0 / self.targets().min())))
 
-    def build(self, width: int, device="cpu") -> "BiasAdaptation":
+    def check(self, method: str, width: int) -> None:
+        if method == "ba" and self.groups != 1:
+            raise ConfigError(f"groups: method 'ba' has exactly 1 group, got {self.groups}")
         if width < self.groups:
             raise ConfigError(f"groups: must be at most the width ({width}), got {self.groups}")
+
+    @classmethod
+    def setting_names(cls) -> set[str]:
+        return super().setting_names() | {"target_frequency"}
+
+    @classmethod
+    def from_settings(cls, settings: dict, feature_frequency: float) -> "BiasAdaptationConfig":
+        """`target_frequency` sets BA's single target; frequencies may be multiples of f written '2f'."""
+        settings = dict(settings)
+        for key in ("target_frequency", "highest_target", "lowest_target"):
+            if isinstance(settings.get(key), str):
+                settings[key] = frequency_setting(settings[key], feature_frequency, key)
+        if "target_frequency" in settings:
+            return cls.single(settings.pop("target_frequency"), **settings)
+        return cls(**settings)
+
+    def build(self, width: int, device="cpu") -> "BiasAdaptation":
+        self.check("gba", width)
         return BiasAdaptation(self, width, device)
+
+
+def frequency_setting(text: str, feature_frequency: float, name: str) -> float:
+    """'2f' -> 2 * f; a plain number string -> that number."""
+    text = str(text).strip()
+    try:
+        return float(text[:-1]) * feature_frequency if text.endswith("f") else float(text)
+    except ValueError:
+        raise ConfigError(f"{name}: must be a number in (0, 1) or a multiple of f such as '2f', got {text!r}") from None
 
 
 def group_assignment(width: int, groups: int) -> np.ndarray:
