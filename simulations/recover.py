@@ -174,7 +174,8 @@ def prepare(config: RecoverConfig, features: np.ndarray | None = None):
     generator = torch.Generator().manual_seed(config.seed)
     sae = SparseAutoencoder(config.sae, config.model.d, generator, device)
     method = config.method_config.build(config.sae.width, device)
-    return data, sae, method, sae.decoder_weight.detach().cpu().numpy()
+    # A copy: an untied decoder_weight is the parameter itself, which training changes in place.
+    return data, sae, method, sae.decoder_weight.detach().cpu().numpy().copy()
 
 
 def finish(config, data, sae, method, initial_decoder, history, started: float) -> RecoverResult:
