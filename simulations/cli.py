@@ -7,9 +7,10 @@ import sys
 
 from theory.validation import ConfigError
 
-from simulations import bench, checks_cli, figures_cli, grid_cli, recover_cli
+from simulations import bench, checks_cli, export, figures_cli, grid_cli, recover_cli
+from simulations.llm import cli as llm_cli
 
-COMMANDS = [recover_cli, grid_cli, figures_cli, checks_cli, bench]
+COMMANDS = [recover_cli, grid_cli, figures_cli, checks_cli, bench, export, llm_cli]
 """Modules with `register(subparsers)`; each sets `handler` on its parser."""
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -63,6 +64,44 @@ class TrainConfig:
             raise ConfigError(f"autocast_bf16: must be true or false, got {self.autocast_bf16!r}")
 
 
+@dataclass
+class Checkpoint:
+    """The loop's resume hook: `save` gets the full training state every `every` steps; `state` resumes one.
+
+    A saved state is taken right after a history row, so `every` must be a multiple of the
+    config's `log_every`. The caller's `batches` must continue the stream from batch
+    `state["step"]` on (e.g. a stream whose batch i depends only on (seed, i)); then the resumed
+    run ends with exactly the weights of an uninterrupted one.
+    """
+
+    every: int
+    """Steps between saved states."""
+    save: Callable[[dict], None]
+    """Called with the state (a dict of tensors and numbers, ready for torch.save)."""
+    state: dict | None = None
+    """A state written by `save`, to resume from; None starts afresh."""
+
+
+def training_state(step: int, sae: SparseAutoencoder, method: Method, optimiser, history: list) -> dict:
+    """Everything the loop needs to continue after `step`: weights, method state, optimiser moments, history (a copy)."""
+    return copy.deepcopy({
+        "step": step,
+        "sae": sae.state_dict(),
+        "method": method.state_dict(),
+        "optimiser": optimiser.state_dict(),
+        "history": history,
+    })
+
+
+def restore_state(state: dict, sae: SparseAutoencoder, method: Method, optimiser, history: list) -> int:
+    """Load a `training_state` into the run; returns the step it was taken after."""
+    sae.load_state_dict(state["sae"])
+    method.load_state_dict(state["method"])
+    optimiser.load_state_dict(state["optimiser"])
+    history.extend(state["history"])
+    return int(state["step"])
+
+
 def resolve_device(name: str) -> torch.device:
     """'auto' -> CUDA when present, else CPU; asking for CUDA without one is an error."""
     if name == "auto":
@@ -86,6 +125,7 @@ def train(
     features: np.ndarray | None = None,
     progress: bool = False,
     on_log: Callable[[dict], None] | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> pd.DataFrame:
     """Train `sae` with `method` on `config.steps` batches; returns the history as a tidy table.
 
@@ -93,6 +133,7 @@ def train(
     the history also tracks FRR(0.9) of the decoder rows. A stack of G SAEs
     (`SparseAutoencoder.stack`, with a `simulations.batched.StackedMethod`) trains on batches of
     shape (G, batch, d) with `features` a list of G matrices (or None); its history has a `point` column.
+    `checkpoint` saves and resumes the run.
     """
     parameters = [p for p in list(sae.parameters()) + list(method.parameters()) if p.requires_grad]
     if config.optimizer == "adamw":
@@ -109,7 +150,14 @@ def train(
     use_sparse = config.sparse_step and method.sparse_codes
     started = time.perf_counter()
     method.train()
-    for step in tqdm(range(1, config.steps + 1), disable=not progress, desc="training", leave=False):
+    start = 0
+    if checkpoint is not None:
+        if checkpoint.every % config.log_every:
+            raise ConfigError(f"checkpoint every: must be a multiple of log_every ({config.log_every}), got {checkpoint.every}")
+        if checkpoint.state is not None:
+            start = restore_state(checkpoint.state, sae, method, optimiser, history)
+            density = checkpoint.state["density"]
+    for step in tqdm(range(start + 1, config.steps + 1), disable=not progress, desc="training", leave=False):
         x = next(batches)
         if config.normalise_inputs:
             x = normalise(x)
@@ -148,6 +196,9 @@ def train(
                     on_log(row)
             active_counts.zero_()
             window_samples = 0
+        if checkpoint is not None and step % checkpoint.every == 0 and step < config.steps:
+            # The density picks the next step's path (sparse or dense), so it is part of the state.
+            checkpoint.save({**training_state(step, sae, method, optimiser, history), "density": density})
     return pd.DataFrame(history)
 
 

@@ -244,6 +244,13 @@ class BiasAdaptation(Method):
     def group_of_neuron(self) -> torch.Tensor:
         return self.groups
 
+    def get_extra_state(self) -> dict:
+        """The controller's window statistics go into `state_dict`, so a resumed run continues the same window."""
+        return self.controller.state_dict()
+
+    def set_extra_state(self, state: dict) -> None:
+        self.controller.load_state_dict(state)
+
     def target_frequencies(self) -> torch.Tensor:
         return torch.as_tensor(self.config.targets(), dtype=torch.float32)
 

