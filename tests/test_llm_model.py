@@ -93,7 +93,7 @@ def pipeline(root):
 
 def test_tiny_pipeline_writes_every_table(pipeline):
     meta, results = pipeline
-    frontier = pd.read_csv(results / "llm_frontier.csv")
+    frontier = pd.read_csv(results / "frontier.csv")
     assert set(frontier["run"]) == {run.name for run in _tiny_plan()}
     assert meta["d"] == 576 and meta["train_tokens"] >= TINY.tokens
     row = frontier.iloc[0]
@@ -101,12 +101,12 @@ def test_tiny_pipeline_writes_every_table(pipeline):
     assert (frontier["kl_sae"] >= 0).all() and (frontier["kl_zero"] > 0).all()
     assert frontier["normalised_mse"].between(0, 1.5).all() and frontier["alive_fraction"].between(0, 1).all()
     assert np.allclose(frontier["fraction_active"] * WIDTH, frontier["l0"])
-    consistency = pd.read_csv(results / "llm_consistency.csv")
+    consistency = pd.read_csv(results / "consistency.csv")
     assert set(consistency["method"]) == {"gba"} and set(consistency["seeds"]) == {3}
     assert consistency["share"].between(0, 1).all()
-    neurons = pd.read_csv(results / "llm_neurons.csv")
+    neurons = pd.read_csv(results / "neurons.csv")
     assert len(neurons) == 3 * WIDTH and neurons["mcs"].between(-1, 1.0001).all()
-    histograms = pd.read_csv(results / "llm_frequency_histograms.csv")
+    histograms = pd.read_csv(results / "frequency_histograms.csv")
     assert (histograms.groupby("run")["neurons"].sum() == WIDTH).all()
 
 

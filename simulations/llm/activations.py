@@ -298,6 +298,10 @@ def extract(config: ActivationConfig, cache_root: str | Path, progress: bool = T
     # Cheap check first: a complete cache needs neither the model nor the tokeniser's pass over the corpus.
     if _complete(manifest, config):
         return folder
+    if not progress:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
     model, tokenizer = load_model(config.model, cache_root, device)
     module = site_module(model, config.layer, config.site)
     sequences = _cached_sequences(folder, tokenizer, config)

@@ -91,7 +91,7 @@ def register(subparsers) -> None:
     command.add_argument("--l1", type=float, nargs="*", default=[0.01, 0.03, 0.1], help="ReLU-L1 sweep (coefficients)")
     command.add_argument("--ba", type=float, nargs="*", default=[0.01], help="BA target frequencies")
     command.add_argument("--ce-sequences", type=int, default=32)
-    command.add_argument("--results", type=Path, default=Path("simulations/results"), help="folder of the result tables")
+    command.add_argument("--results", type=Path, default=Path("simulations/results/llm"), help="folder of the result tables")
     command.set_defaults(handler=handle_frontier)
 
 
@@ -199,6 +199,6 @@ def handle_frontier(args) -> int:
     )
     plan = default_plan(seeds=args.seeds, topk=tuple(args.topk), l1=tuple(args.l1), ba=tuple(args.ba))
     run_pipeline(config, plan, args.root, args.results, progress=not args.quiet)
-    table = pd.read_csv(args.results / "llm_frontier.csv")
+    table = pd.read_csv(args.results / "frontier.csv")
     print(table[["run", "normalised_mse", "fraction_active", "alive_fraction", "ce_recovered", "kl_sae"]].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     return 0

@@ -4,12 +4,12 @@ Each stage reuses what is on disk: the activation cache (`activations.extract`),
 (`runs.train_run` skips them, resumes interrupted ones). Evaluation is recomputed from the
 finished runs (it is cheap next to training). Tables written to `results_dir`:
 
-- `llm_frontier.csv`: one row per SAE (method, setting, seed; normalised MSE, FVU, L0, fraction
+- `frontier.csv`: one row per SAE (method, setting, seed; normalised MSE, FVU, L0, fraction
   active, alive fraction, CE clean / zero / spliced, CE recovered, KL) — the paper's Fig. 3;
-- `llm_consistency.csv`: per method with >= 2 seeds, the consistency table — Fig. 5;
-- `llm_neurons.csv`: per neuron of each seeded run (frequency, max activation, Z-score, MCS) — Fig. 6;
-- `llm_frequency_histograms.csv`: per run and group, neuron counts by activation frequency;
-- `llm_meta.json`: the settings, the scale and the wall time of each stage.
+- `consistency.csv`: per method with >= 2 seeds, the consistency table — Fig. 5;
+- `neurons.csv`: per neuron of each seeded run (frequency, max activation, Z-score, MCS) — Fig. 6;
+- `frequency_histograms.csv`: per run and group, neuron counts by activation frequency;
+- `meta.json`: the settings, the scale and the wall time of each stage.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ class PipelineConfig:
 
 
 def run_pipeline(config: PipelineConfig, plan: list[PlannedRun], root: str | Path, results_dir: str | Path, progress: bool = True, log=print) -> dict:
-    """Extract, train, evaluate; returns the meta dict (also written to `results_dir/llm_meta.json`)."""
+    """Extract, train, evaluate; returns the meta dict (also written to `results_dir/meta.json`)."""
     missing = sorted({run.method for run in plan} - set(METHODS))
     if missing:
         raise ConfigError(f"method: {', '.join(missing)} not registered in simulations.methods.METHODS")
@@ -115,7 +115,7 @@ def run_pipeline(config: PipelineConfig, plan: list[PlannedRun], root: str | Pat
     tables = evaluate_runs(config, folder, run_dirs, root)
     seconds["evaluate"] = time.perf_counter() - started
     for name, table in tables.items():
-        table.to_csv(results_dir / f"llm_{name}.csv", index=False)
+        table.to_csv(results_dir / f"{name}.csv", index=False)
     manifest = json.loads((folder / "manifest.json").read_text())
     meta = {
         "activations": dataclasses.asdict(config.activations),
@@ -128,7 +128,7 @@ def run_pipeline(config: PipelineConfig, plan: list[PlannedRun], root: str | Pat
         "seconds": seconds,
         "threads": torch.get_num_threads(),
     }
-    (results_dir / "llm_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (results_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     log(f"results in {results_dir}: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
     return meta
 
