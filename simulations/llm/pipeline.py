@@ -15,6 +15,7 @@ finished runs (it is cheap next to training). Tables written to `results_dir`:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -107,7 +108,9 @@ def run_pipeline(config: PipelineConfig, plan: list[PlannedRun], root: str | Pat
             checkpoint_every=config.checkpoint_every,
         )
         run_started = time.perf_counter()
-        run_dirs[planned] = train_run(run_config, root / "runs" / folder.name / planned.name, progress=progress)
+        # The settings' hash in the folder name keeps runs of other widths or step counts apart.
+        digest = hashlib.sha1(json.dumps(run_config.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+        run_dirs[planned] = train_run(run_config, root / "runs" / folder.name / f"{planned.name}-{digest}", progress=progress)
         log(f"[{index + 1}/{len(plan)}] {planned.name} trained ({time.perf_counter() - run_started:.0f} s)")
     seconds["train"] = time.perf_counter() - started
 
