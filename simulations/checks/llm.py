@@ -1,8 +1,8 @@
 """Claims 15-25 of the paper digest (§10): the LLM experiments, checked at our CPU scale.
 
-Scale: SmolLM2-135M (d = 576) layer-2 MLP output, 200k training tokens of KJV + pydoc text,
-width 4096 (vs the paper's Qwen2.5-1.5B, d = 1536, 100M tokens, width 65,536), one short training
-run per SAE. Tables: simulations/results/llm/ (`gba llm frontier`).
+Scale (each row states it, from meta.json): by default SmolLM2-135M (d = 576) layer-2 MLP output,
+200k training tokens of KJV + pydoc text, width 4096 (vs the paper's Qwen2.5-1.5B, d = 1536, 100M
+tokens, width 65,536). Tables: simulations/results/llm/ (`gba llm frontier`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,14 @@ from simulations.checks import Measurement, claim
 from simulations.figures.llm import COMMAND, load_llm_table
 from simulations.grid import MissingTable
 
-SCALE = "SmolLM2-135M L2 MLP-out, 200k tokens, M = 4096"
+
+
+def _scale(results: Path) -> str:
+    """The experiment's scale, from its meta.json."""
+    meta = json.loads((Path(results) / "llm" / "meta.json").read_text())
+    activations = meta["activations"]
+    return (f"{activations['model']} L{activations['layer']} {activations['site']}, {meta['train_tokens'] / 1000:.0f}k tokens, "
+            f"M = {meta['width']}, {meta['train']['steps']} steps of {meta['train']['batch_size']}")
 
 
 def _frontier(results: Path) -> pd.DataFrame:
@@ -55,7 +62,7 @@ def gba_on_topk_frontier(results: Path) -> Measurement:
     topk, inside = _curve_at(_rows(frontier, "topk"), gba["fraction_active"])
     gap = gba["normalised_mse"] - topk
     measured = (f"GBA {gba['normalised_mse']:.3f} at fraction {gba['fraction_active']:.2e}; TopK {topk:.3f} at that fraction"
-                f"{'' if inside else ' (extrapolated: outside the TopK sweep)'} ({SCALE})")
+                f"{'' if inside else ' (extrapolated: outside the TopK sweep)'} ({_scale(results)})")
     verdict = "reproduced" if gap <= 0.02 and inside else ("partly" if gap <= 0.05 else "not reproduced")
     return Measurement(measured, verdict, "" if verdict == "reproduced" else f"GBA's loss exceeds the TopK curve by {gap:.3f} at equal fraction active.")
 
@@ -66,7 +73,7 @@ def gba_beats_l1(results: Path) -> Measurement:
     gba = _gba_point(frontier)
     l1, inside = _curve_at(_rows(frontier, "relu-l1"), gba["fraction_active"])
     margin = l1 - gba["normalised_mse"]
-    measured = f"L1 {l1:.3f} vs GBA {gba['normalised_mse']:.3f} at fraction {gba['fraction_active']:.2e}{'' if inside else ' (L1 extrapolated)'} ({SCALE})"
+    measured = f"L1 {l1:.3f} vs GBA {gba['normalised_mse']:.3f} at fraction {gba['fraction_active']:.2e}{'' if inside else ' (L1 extrapolated)'} ({_scale(results)})"
     return Measurement(measured, "reproduced" if margin > 0 and inside else ("partly" if margin > 0 else "not reproduced"))
 
 
@@ -81,7 +88,7 @@ def gba_beats_ba(results: Path) -> Measurement:
         gaps[method] = point["normalised_mse"] - _curve_at(topk, point["fraction_active"])[0]
     ba = _rows(frontier, "ba").iloc[0]
     measured = (f"distance above the TopK curve: GBA {gaps['gba']:+.3f}, BA {gaps['ba']:+.3f}; BA fraction {ba['fraction_active']:.2e}, "
-                f"GBA {gba['fraction_active']:.2e} ({SCALE})")
+                f"GBA {gba['fraction_active']:.2e} ({_scale(results)})")
     return Measurement(measured, "reproduced" if gaps["gba"] < gaps["ba"] else "not reproduced")
 
 
@@ -109,7 +116,7 @@ def top_005_max(results: Path) -> Measurement:
     shares = _shares(table, "max_activation", 0.0005)
     selected = int(table[np.isclose(table["alpha"], 0.0005)]["selected"].iloc[0])
     ordered = shares.get("gba", -1) > shares.get("relu-l1", 101) > shares.get("topk", 101)
-    return Measurement(f"{_fmt(shares, selected)}; 3 seeds ({SCALE})", "reproduced" if ordered else "not reproduced",
+    return Measurement(f"{_fmt(shares, selected)}; 3 seeds ({_scale(results)})", "reproduced" if ordered else "not reproduced",
                        "" if ordered else f"At M = 4096 only {selected} neurons per seed are selected, so each share moves in steps of {100 / selected:.0f} %.")
 
 
@@ -120,7 +127,7 @@ def top_03_max(results: Path) -> Measurement:
     shares = _shares(table, "max_activation", 0.003)
     selected = int(table[np.isclose(table["alpha"], 0.003)]["selected"].iloc[0])
     ordered = shares.get("relu-l1", -1) > shares.get("gba", 101) > shares.get("topk", 101)
-    return Measurement(f"{_fmt(shares, selected)}; 3 seeds ({SCALE})", "reproduced" if ordered else "not reproduced")
+    return Measurement(f"{_fmt(shares, selected)}; 3 seeds ({_scale(results)})", "reproduced" if ordered else "not reproduced")
 
 
 @claim("23", "GBA's % with MCS > 0.9 exceeds TopK's in all four selection panels; L1 exceeds GBA in 3 of 4",
@@ -133,7 +140,7 @@ def panels(results: Path) -> Measurement:
         gba_wins += shares.get("gba", -1) > shares.get("topk", 101)
         l1_wins += shares.get("relu-l1", -1) > shares.get("gba", 101)
     verdict = "reproduced" if gba_wins == 4 and l1_wins == 3 else ("partly" if gba_wins == 4 or l1_wins == 3 else "not reproduced")
-    return Measurement(f"GBA > TopK in {gba_wins}/4 panels, L1 > GBA in {l1_wins}/4 ({SCALE})", verdict)
+    return Measurement(f"GBA > TopK in {gba_wins}/4 panels, L1 > GBA in {l1_wins}/4 ({_scale(results)})", verdict)
 
 
 @claim("24", "Across GBA neurons the Z-score correlates positively with cross-seed MCS", paper="Z >~ 10 mostly has MCS >~ 0.8",
@@ -145,7 +152,7 @@ def zscore_mcs(results: Path) -> Measurement:
     high = gba[gba["z_score"] >= 10]
     share = float((high["mcs"] >= 0.8).mean()) if len(high) else float("nan")
     measured = (f"Spearman rho(Z, MCS) = {rho:.2f} (p = {p_value:.1e}, {len(gba)} alive neurons over 3 seeds); "
-                f"{len(high)} neurons with Z >= 10, {100 * share:.0f} % of them with MCS >= 0.8 (Z: our definition, see README)")
+                f"{len(high)} neurons with Z >= 10, {100 * share:.0f} % of them with MCS >= 0.8 (Z: our definition, see README; {_scale(results)})")
     return Measurement(measured, "reproduced" if rho > 0 and p_value < 0.01 else "not reproduced")
 
 
@@ -159,6 +166,6 @@ def frequency_cap(results: Path) -> Measurement:
     topk = _rows(neurons, "topk")["frequency"]
     above = float((gba > 1.5 * htf).mean())
     measured = (f"GBA: max frequency {gba.max():.3f}, {100 * above:.2f} % of neurons above 1.5 x HTF ({htf:g}); "
-                f"TopK: max frequency {topk.max():.3f} ({SCALE}, eval split)")
+                f"TopK: max frequency {topk.max():.3f} ({_scale(results)}, eval split)")
     verdict = "reproduced" if above < 0.01 and topk.max() > gba.max() else ("partly" if above < 0.01 else "not reproduced")
     return Measurement(measured, verdict)

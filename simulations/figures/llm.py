@@ -50,7 +50,10 @@ def llm_frontier(results: Path, out: Path) -> Path:
         ax.set_xlabel("fraction of neurons active (L0 / M)")
         ax.grid(alpha=0.3)
     axes[0].legend()
-    fig.suptitle("SAEs on SmolLM2-135M layer-2 MLP output (eval split; seeds averaged)")
+    meta = json.loads((Path(results) / "llm" / "meta.json").read_text())
+    where = meta["activations"]
+    fig.suptitle(f"SAEs (M = {meta['width']}) on {where['model']} layer {where['layer']} {where['site']} output "
+                 f"({meta['train_tokens'] / 1000:.0f}k tokens; eval split; seeds averaged)")
     return _save(fig, out, "llm_frontier")
 
 
