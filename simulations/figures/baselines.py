@@ -88,7 +88,7 @@ def toy_baselines(results: Path, out: Path) -> Path:
 
 def frontier_table(results: Path) -> pd.DataFrame:
     """Frontier grid rows with a label, the swept value and FVU = 1 - explained variance."""
-    table = load_results(results, "frontier")
+    table = load_results(results, "frontier").copy()  # a wide CSV reads fragmented
     return table.assign(label=table.apply(method_label, axis=1), fvu=1 - table["explained_variance"])
 
 
