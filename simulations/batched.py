@@ -43,9 +43,9 @@ class StackedMethod(Method):
         )
 
     @torch.no_grad()
-    def after_step(self, projection: torch.Tensor | None) -> None:
+    def after_step(self, projection: torch.Tensor | None, codes: torch.Tensor | None) -> None:
         for point, method in enumerate(self.methods):
-            method.after_step(None if projection is None else projection[point])
+            method.after_step(None if projection is None else projection[point], None if codes is None else codes[point])
 
     def support(self, projection: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows index the flattened (G * batch) samples; columns are each point's own neurons."""

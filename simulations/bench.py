@@ -90,7 +90,7 @@ def settle_biases(sae, method, batches, config: BiasAdaptationConfig, device) ->
     with torch.no_grad():
         for _ in range(30):
             fast.support(sae.project(normalise(next(batches))))
-            fast.after_step(None)
+            fast.after_step(None, None)
         method.bias.copy_(fast.bias)
 
 

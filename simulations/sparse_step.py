@@ -61,6 +61,8 @@ class StepForward:
     """Active codes per neuron in this batch, shape (M,) or (G, M)."""
     projection: torch.Tensor | None
     """Detached projections for `Method.after_step`; None when `Method.support` already took its statistics."""
+    codes: torch.Tensor | None
+    """The step's detached dense codes for `Method.after_step` (None after a sparse step)."""
 
 
 class Support:
@@ -146,6 +148,7 @@ def dense_forward(sae: SparseAutoencoder, method: Method, x: torch.Tensor) -> St
         penalty=penalty,
         neuron_counts=(codes.detach() != 0).sum(dim=-2),
         projection=projection.detach(),
+        codes=codes.detach(),
     )
 
 
@@ -179,6 +182,7 @@ def _sparse_rest(sae, method, x, centred, rows, columns, values) -> StepForward:
         penalty=method.sparse_penalty(codes, decoder.norm(dim=-1)),
         neuron_counts=neuron_counts.view(sae.weight.shape[:-1]),
         projection=None,
+        codes=None,
     )
 
 

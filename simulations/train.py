@@ -169,7 +169,7 @@ def train(
         total.backward()
         optimiser.step()
         sae.normalise_()
-        method.after_step(result.projection)
+        method.after_step(result.projection, result.codes)
 
         active_counts += result.neuron_counts
         window_samples += x.shape[-2]

@@ -55,7 +55,7 @@ def test_batchtopk_keeps_k_per_sample_on_average_and_uses_its_threshold_in_eval(
     per_sample = (codes != 0).sum(dim=1)
     assert per_sample.sum() == 3 * 64 and per_sample.float().mean() == 3
     assert per_sample.min() < 3 < per_sample.max()  # the budget is shared, not per sample
-    method.after_step(projection)
+    method.after_step(projection, codes)
     assert method.threshold == codes[codes > 0].min()  # the first estimate starts the average
     method.eval()
     relu = torch.relu(projection + method.bias).detach()
@@ -69,7 +69,7 @@ def test_auxk_trains_only_dead_latents_on_the_residual():
     codes = method.encode(projection)
     residual = torch.randn(32, 8)
     assert method.auxiliary_loss(projection, codes, residual, decoder) == 0.0  # nobody is dead yet
-    method.after_step(projection.detach())
+    method.after_step(projection.detach(), codes.detach())
     method.samples_since_fired[:6] = 100
     loss = method.auxiliary_loss(projection, codes, residual, decoder)
     loss.backward()

@@ -39,7 +39,7 @@ def gradients(forward, sae, method, x):
     sae.zero_grad(set_to_none=True)
     result = forward(sae, method, x)
     (result.loss + result.penalty).sum().backward()
-    method.after_step(result.projection)
+    method.after_step(result.projection, result.codes)
     return result, {name: p.grad.clone() for name, p in sae.named_parameters() if p.requires_grad}
 
 
@@ -73,7 +73,8 @@ def test_sparse_step_updates_the_biases_like_the_dense_step():
     dense_method, sparse_method = config.build(WIDTH), config.build(WIDTH)
     for _ in range(4):
         for forward, method in ((dense_forward, dense_method), (sparse_forward, sparse_method)):
-            method.after_step(forward(sae, method, x).projection)
+            result = forward(sae, method, x)
+            method.after_step(result.projection, result.codes)
         assert torch.equal(dense_method.bias, sparse_method.bias)
     assert dense_method.controller.updates == sparse_method.controller.updates == 2
     assert (sparse_method.bias < 0).any()

@@ -93,9 +93,9 @@ class Method(nn.Module):
         return 0.0
 
     @torch.no_grad()
-    def after_step(self, projection: torch.Tensor | None) -> None:
-        """Called once per step with the detached projections of that step's batch (None after a
-        sparse step: `support` has seen them)."""
+    def after_step(self, projection: torch.Tensor | None, codes: torch.Tensor | None) -> None:
+        """Called once per step, after the optimiser, with the detached projections and codes of that
+        step's batch as they were trained on (both None after a sparse step: `support` has seen them)."""
 
     def support(self, projection: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(rows, columns) of the non-zero codes of `encode(projection)`, in row-major order, without

@@ -52,9 +52,8 @@ class BatchTopK(TopK):
         return keep_largest(activation.reshape(1, -1), budget).reshape(activation.shape)
 
     @torch.no_grad()
-    def after_step(self, projection: torch.Tensor | None) -> None:
-        codes = self.encode(projection)  # the training rule: the batch's top k*B
-        self.record_firing(codes)
+    def after_step(self, projection: torch.Tensor | None, codes: torch.Tensor | None) -> None:
+        self.record_firing(codes)  # the codes trained on: the batch's top k*B
         kept = codes[codes > 0]
         if kept.numel() == 0:
             return

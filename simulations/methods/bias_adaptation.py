@@ -235,7 +235,7 @@ class BiasAdaptation(Method):
         return projection_values
 
     @torch.no_grad()
-    def after_step(self, projection: torch.Tensor | None) -> None:
+    def after_step(self, projection: torch.Tensor | None, codes: torch.Tensor | None) -> None:
         if projection is None:
             self.controller.update_if_due(self.bias)
         else:

@@ -85,8 +85,8 @@ class TopK(LearnedBiasMethod):
         return self.config.aux_coefficient * scale * 0.5 * (estimate - residual).pow(2).sum(dim=1).mean()
 
     @torch.no_grad()
-    def after_step(self, projection: torch.Tensor | None) -> None:
-        self.record_firing(self.encode(projection))
+    def after_step(self, projection: torch.Tensor | None, codes: torch.Tensor | None) -> None:
+        self.record_firing(codes)
 
     def record_firing(self, codes: torch.Tensor) -> None:
         """Count samples since each latent last fired (the codes of the step just taken)."""
