@@ -2,10 +2,12 @@
 
 `train_many(configs)` stacks the SAEs of G runs (`SparseAutoencoder.stack`: every parameter gets
 a leading axis of G) and trains them with THE training loop on batches of shape (G, batch, d),
-each point drawing its own data stream; the matmuls become batched ones and the per-step Python
-and dispatch overhead is paid once for all G points. Each point's method (its gate, penalty and
-bias controller) runs on its own slice, so the result of every point equals its separate `run`
-up to float rounding (tests/test_batched.py).
+each point drawing its own data stream (points on the same instance and seed share one); the
+matmuls become batched ones, the gate and the controllers' statistics one computation
+(`StackedMethod`), and the per-step Python and dispatch overhead is paid once for all G points.
+Each point's controller runs on its own slice and schedule, so the result of every point equals
+its separate `run` up to float rounding (tests/test_batched.py); for a fixed set of stacked
+points it is reproducible bit for bit.
 """
 
 from __future__ import annotations
@@ -18,60 +20,60 @@ import torch
 from torch import nn
 
 from simulations.methods.base import Method
+from simulations.methods.bias_adaptation import BiasAdaptation
 from simulations.recover import RecoverConfig, RecoverResult, finish, prepare, torch_batches
 from simulations.sae import SparseAutoencoder
-from simulations.sparse_step import SparseCodes
 from simulations.train import train
 from theory.validation import ConfigError
 
 
 class StackedMethod(Method):
-    """G methods, one per stacked SAE; projections and codes carry a leading axis of G."""
+    """G BA/GBA methods, one per stacked SAE; projections and codes carry a leading axis of G.
 
-    def __init__(self, methods: list[Method]):
+    The gate, the support and the controllers' statistics are computed for all points at once:
+    the G bias vectors live in one (G, M) tensor whose rows the points' own methods (and their
+    controllers) hold as views and update in place, each on its own schedule.
+    """
+
+    sparse_codes = True
+
+    def __init__(self, methods: list[BiasAdaptation]):
         super().__init__()
         self.methods = nn.ModuleList(methods)
-        self.sparse_codes = all(method.sparse_codes for method in methods)
-        self._support_sizes: list[int] = []
+        self.bias = torch.stack([method.bias for method in methods])
+        for point, method in enumerate(methods):
+            method.bias = self.bias[point]
+        self.relu = torch.tensor([method.config.activation == "relu" for method in methods], device=self.bias.device)
+        self._support_points = self._support_neurons = None
 
     def encode(self, projection: torch.Tensor) -> torch.Tensor:
-        return torch.stack([method.encode(part) for method, part in zip(self.methods, projection)])
-
-    def penalty(self, codes: torch.Tensor, decoder_norms: torch.Tensor) -> torch.Tensor:
-        return torch.stack(
-            [torch.as_tensor(m.penalty(c, n), device=codes.device) for m, c, n in zip(self.methods, codes, decoder_norms)]
-        )
+        pre_activation = projection + self.bias.unsqueeze(-2)
+        return torch.where(self.relu[:, None, None], torch.relu(pre_activation), projection * (pre_activation > 0))
 
     @torch.no_grad()
     def after_step(self, projection: torch.Tensor | None, codes: torch.Tensor | None) -> None:
         for point, method in enumerate(self.methods):
             method.after_step(None if projection is None else projection[point], None if codes is None else codes[point])
 
+    @torch.no_grad()
     def support(self, projection: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rows index the flattened (G * batch) samples; columns are each point's own neurons."""
-        batch = projection.shape[1]
-        parts = [method.support(part) for method, part in zip(self.methods, projection)]
-        self._support_sizes = [len(rows) for rows, _ in parts]
-        return (
-            torch.cat([rows + point * batch for point, (rows, _) in enumerate(parts)]),
-            torch.cat([columns for _, columns in parts]),
-        )
+        """`BiasAdaptation.support` of every point at once; rows index the flattened (G * batch)
+        samples, columns are each point's own neurons."""
+        points, batch, width = projection.shape
+        point, rows, columns = (projection > -self.bias.unsqueeze(-2)).nonzero(as_tuple=True)
+        neurons = point * width + columns
+        flat_rows = point * batch + rows
+        positive = projection.view(-1)[flat_rows * width + columns] + self.bias.view(-1)[neurons]
+        counts = torch.bincount(neurons, minlength=points * width).view(points, width)
+        largest = torch.zeros(points * width, device=projection.device).scatter_reduce_(0, neurons, positive, "amax")
+        for method, point_counts, point_largest in zip(self.methods, counts, largest.view(points, width)):
+            method.controller.record(point_counts, point_largest, batch)
+        self._support_neurons = neurons
+        self._support_points = point
+        return flat_rows, columns
 
     def code_values(self, projection_values: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
-        pieces = zip(self.methods, projection_values.split(self._support_sizes), columns.split(self._support_sizes))
-        return torch.cat([method.code_values(values, cols) for method, values, cols in pieces])
-
-    def sparse_penalty(self, codes, decoder_norms: torch.Tensor) -> torch.Tensor:
-        batch = codes.shape[0] // len(self.methods)
-        penalties, start = [], 0
-        for point, (method, size) in enumerate(zip(self.methods, self._support_sizes)):
-            part = slice(start, start + size)
-            point_codes = SparseCodes(
-                codes.rows[part] - point * batch, codes.columns[part], codes.values[part], (batch, codes.shape[1])
-            )
-            penalties.append(torch.as_tensor(method.sparse_penalty(point_codes, decoder_norms[point])))
-            start += size
-        return torch.stack(penalties)
+        return torch.where(self.relu[self._support_points], projection_values + self.bias.view(-1)[self._support_neurons], projection_values)
 
 
 def stackable(first: RecoverConfig, other: RecoverConfig) -> bool:
@@ -93,11 +95,15 @@ def train_many(configs: list[RecoverConfig]) -> list[RecoverResult]:
     stacked = SparseAutoencoder.stack(saes)
     method = StackedMethod([point_method for _, _, point_method, _ in prepared])
     device = stacked.weight.device
-    streams = [
-        torch_batches(data, config.train.batch_size, config.seed, device)
-        for config, (data, _, _, _) in zip(configs, prepared)
-    ]
-    batches = (torch.stack([next(stream) for stream in streams]) for _ in itertools.count())
+    # Points on the same instance and seed (a sweep of targets) read the same stream: sample it once.
+    stream_of, streams = {}, []
+    for config, (data, _, _, _) in zip(configs, prepared):
+        key = (config.model, config.seed)
+        if key not in stream_of:
+            stream_of[key] = len(streams)
+            streams.append(torch_batches(data, config.train.batch_size, config.seed, device))
+    order = torch.tensor([stream_of[(config.model, config.seed)] for config in configs], device=device)
+    batches = (torch.stack([next(stream) for stream in streams])[order] for _ in itertools.count())
     rows = [[] for _ in configs]
     train(
         stacked,

@@ -2,9 +2,11 @@
 
 A spec (`simulations/grids/*.toml`) names fixed settings, axes (each a list; their cartesian
 product), optional variants (tables merged over the fixed settings, for settings that apply to
-some points only) and seeds. Every point is one `simulations.recover.run`. A finished point is
-written atomically to `DIR/points/KEY.json`, where KEY hashes the point's full resolved config,
-so re-running a spec skips what is done and a killed run loses only the points in flight.
+some points only) and seeds. Every point is one `simulations.recover.run`; BA/GBA points of
+equal shapes may train in stacked groups (`simulations.batched.train_many`, up to `stack` at once).
+A finished point is written atomically to `DIR/points/KEY.json`, where KEY hashes the point's
+full resolved config, so re-running a spec skips what is done and a killed run loses only the
+groups in flight.
 
     name = "example"
     description = "what it measures, at which scale"
@@ -40,6 +42,8 @@ import numpy as np
 import pandas as pd
 
 from simulations.recover import RecoverConfig
+from theory.bounds import theory_columns
+from theory.conditions import check_data
 from theory.validation import ConfigError
 
 POINTS = "points"
@@ -144,33 +148,46 @@ def config_key(config: RecoverConfig) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def run_point(settings: dict, config_dict: dict, conditions_samples: int, threads: int | None) -> dict:
-    """Train one point and measure it: metrics, its instance's conditions, the theorem's columns.
+def run_points(points: list[tuple[dict, dict]], conditions_samples: int, threads: int | None) -> list[dict]:
+    """Train a group of points and measure each: metrics, its instance's conditions, the theorem's columns.
 
-    Runs in a worker process (loky, dask) or in the calling one; returns a JSON-ready record.
+    `points` are (settings, config dict) pairs; a group of more than one is trained as one stacked
+    computation (`simulations.batched.train_many`), a single point by `simulations.recover.run`.
+    Runs in a worker process (loky, dask) or in the calling one; returns JSON-ready records.
     """
     import torch
 
+    from simulations.batched import train_many
     from simulations.recover import run
-    from theory.bounds import theory_columns
-    from theory.conditions import check_data
 
     if threads is not None:
         torch.set_num_threads(threads)
-    config = RecoverConfig.from_dict(config_dict)
+    configs = [RecoverConfig.from_dict(config_dict) for _, config_dict in points]
     started = time.perf_counter()
-    result = run(config)
-    wall = time.perf_counter() - started
+    results = train_many(configs) if len(configs) > 1 else [run(configs[0])]
+    wall = (time.perf_counter() - started) / len(configs)  # each point's share of the group's time
+    conditions_of: dict = {}  # points on the same instance and seed share their conditions
+    records = []
+    for (settings, config_dict), config, result in zip(points, configs, results):
+        instance = (config.model, config.seed)
+        if instance not in conditions_of:
+            conditions_of[instance] = check_data(result.data, num_samples=conditions_samples, seed=config.seed).as_columns()
+        records.append(point_record(settings, config_dict, config, result, conditions_of[instance], wall, len(configs)))
+    return records
+
+
+def point_record(settings, config_dict, config, result, conditions: dict, wall: float, stacked: int) -> dict:
+    """The JSON-ready record of one finished point."""
+    import torch
+
     metrics = dict(result.metrics)
     groups = metrics.pop("groups", None)
     metrics.update(_frequency_metrics(result, groups))
-    conditions = check_data(result.data, num_samples=conditions_samples, seed=config.seed).as_columns()
     theory = {}
     if config.method == "ba":
         model = config.model
         p = float(config.method_config.targets()[0])
         theory = theory_columns(model.n, model.d, model.mean_sparsity, p, config.sae.width)
-    history = result.history
     return {
         "key": config_key(config),
         "settings": settings,
@@ -179,12 +196,35 @@ def run_point(settings: dict, config_dict: dict, conditions_samples: int, thread
         "groups": [{k: v for k, v in group.items() if k != "frequencies"} for group in groups or []],
         "conditions": {k: _plain(v) for k, v in conditions.items()},
         "theory": {k: _plain(v) for k, v in theory.items()},
-        "history": history.to_dict(orient="list"),
+        "history": result.history.to_dict(orient="list"),
         "wall_seconds": wall,
+        "stacked": stacked,
         "device": _device_name(result.sae.weight.device),
         "threads": torch.get_num_threads(),
         "versions": library_versions(),
     }
+
+
+def point_groups(points: list[GridPoint], stack: int) -> list[list[GridPoint]]:
+    """The spec's points in the groups that train together: up to `stack` stackable points
+    (`simulations.batched.stackable`), those on the same instance and seed side by side.
+
+    The partition depends on the spec and `stack` alone, never on what is already done, so a
+    resumed grid trains every group exactly as an uninterrupted one (bit-identical results)."""
+    from simulations.batched import stackable
+
+    families: list[list[GridPoint]] = []
+    for point in points:
+        family = next((f for f in families if stack > 1 and stackable(f[0].config, point.config)), None)
+        if family is None:
+            families.append([point])
+        else:
+            family.append(point)
+    groups = []
+    for family in families:
+        family.sort(key=lambda point: (repr(point.config.model), point.config.seed))
+        groups += [family[start : start + stack] for start in range(0, len(family), stack)]
+    return groups
 
 
 def _frequency_metrics(result, groups) -> dict:
@@ -288,6 +328,7 @@ def run_grid(
     threads: int | None = None,
     progress: bool = True,
     reuse: tuple[str | Path, ...] = (),
+    stack: int = 1,
 ) -> dict:
     """Run every unfinished point of `spec`, writing each to `out/points/KEY.json` as it finishes.
 
@@ -295,6 +336,9 @@ def run_grid(
     the right choice for big points. jobs > 1 runs that many loky workers with one thread each
     (more threads per worker oversubscribes the cores). backend 'dask' sends the points to the
     Dask cluster at `scheduler` through joblib's dask backend, one thread per task.
+    Up to `stack` points that share their shapes (BA/GBA) train as one stacked computation
+    (`point_groups`); stack = 1 trains every point alone. A group with an unfinished point is
+    trained whole and its unfinished points are written.
     Points already finished under a directory in `reuse` (other grids' outputs) are copied
     instead of re-run: equal keys mean equal configs, hence equal results.
     Returns counts: total, skipped (already done), reused, ran.
@@ -306,6 +350,8 @@ def run_grid(
         raise ConfigError(f"backend: must be one of 'loky', 'dask', got {backend!r}")
     if not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"jobs: must be an integer >= 1, got {jobs!r}")
+    if not isinstance(stack, int) or stack < 1:
+        raise ConfigError(f"stack: must be an integer >= 1, got {stack!r}")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ConfigError(f"threads: must be an integer >= 1, got {threads!r}")
     if backend == "dask" and not scheduler:
@@ -329,14 +375,20 @@ def run_grid(
         return counts
     # Workers (loky, dask) get one torch thread per point: more would oversubscribe the cores.
     point_threads = threads if jobs == 1 and backend == "loky" else 1
-    tasks = (delayed(run_point)(point.settings, point.config.to_dict(), spec.conditions_samples, point_threads)
-             for point in todo)
+    unfinished = {point.key for point in todo}
+    groups = [group for group in point_groups(points, stack) if any(point.key in unfinished for point in group)]
+    tasks = (
+        delayed(run_points)([(point.settings, point.config.to_dict()) for point in group], spec.conditions_samples, point_threads)
+        for group in groups
+    )
     bar = tqdm(total=len(points), initial=counts["skipped"] + counts["reused"], desc=spec.name, unit="point", disable=not progress)
 
-    def store(record: dict) -> None:
-        write_atomically(out / POINTS / f"{record['key']}.json", json.dumps(record) + "\n")
-        counts["ran"] += 1
-        bar.update(1)
+    def store(records: list[dict]) -> None:
+        for record in records:
+            if record["key"] in unfinished:
+                write_atomically(out / POINTS / f"{record['key']}.json", json.dumps(record) + "\n")
+                counts["ran"] += 1
+                bar.update(1)
 
     try:
         if backend == "dask":
@@ -401,6 +453,7 @@ def record_row(record: dict, grid: str, varied: set[str]) -> dict:
     row.update(record["theory"])
     row["wall_seconds"] = record["wall_seconds"]
     row["threads"] = record["threads"]
+    row["stacked"] = record.get("stacked", 1)  # points trained together (records from before stacking: alone)
     row["device"] = record["device"]
     row.update({f"version_{name}": value for name, value in record["versions"].items()})
     return {name: json.dumps(value) if isinstance(value, (list, tuple, dict)) else value for name, value in row.items()}

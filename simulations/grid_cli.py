@@ -29,6 +29,9 @@ def register(subparsers) -> None:
     run.add_argument("--scheduler", help="Dask scheduler address for --backend dask (tcp://HOST:PORT)")
     run.add_argument("--reuse", type=Path, nargs="+", default=[], metavar="DIR",
                      help="other grids' output directories whose finished points with the same config are copied, not re-run")
+    run.add_argument("--stack", type=int, default=1,
+                     help="up to this many BA/GBA points of equal shapes train as one batched computation (for GPUs: "
+                     "on the 2-core CPU it measured no faster than one point per worker, see `gba bench`); 1 = each alone")
     run.add_argument("--no-table", action="store_true", help="do not write results.csv/.parquet at the end")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(handler=handle_run)
@@ -45,7 +48,8 @@ def register(subparsers) -> None:
 def handle_run(args) -> int:
     spec = GridSpec.from_toml(args.spec)
     counts = run_grid(spec, args.out, jobs=args.jobs, backend=args.backend, scheduler=args.scheduler,
-                      threads=args.threads, progress=not args.quiet, reuse=tuple(args.reuse))
+                      threads=args.threads, progress=not args.quiet, reuse=tuple(args.reuse),
+                      stack=args.stack)
     print(f"{spec.name}: {counts['total']} points, {counts['skipped']} already done, {counts['reused']} reused, "
           f"{counts['ran']} ran")
     if not args.no_table:

@@ -197,9 +197,12 @@ def _support_in_blocks(sae: SparseAutoencoder, method: Method, centred: torch.Te
     """(rows, columns, projection values) of the active codes; a stack is one block."""
     weight = sae.weight.detach().mT
     if sae.points:
-        projection = centred @ weight
+        # One mm per point: on CPU a loop of mm was ~2x faster than bmm for these shapes.
+        projection = centred.new_empty(*centred.shape[:-1], sae.width)
+        for point in range(sae.points):
+            torch.mm(centred[point], weight[point], out=projection[point])
         rows, columns = method.support(projection)
-        return rows, columns, projection.reshape(-1, sae.width)[rows, columns]
+        return rows, columns, projection.view(-1)[rows * sae.width + columns]
     step = max(1, BLOCK_ELEMENTS // sae.width)
     parts = []
     for start in range(0, centred.shape[0], step):

@@ -147,7 +147,6 @@ def train(
     window_samples = 0
     # Codes start dense (biases at 0), so the first step is dense; later ones follow the last density.
     density = 1.0
-    use_sparse = config.sparse_step and method.sparse_codes
     started = time.perf_counter()
     method.train()
     start = 0
@@ -161,7 +160,9 @@ def train(
         x = next(batches)
         if config.normalise_inputs:
             x = normalise(x)
-        forward = sparse_forward if use_sparse and density <= config.sparse_max_density else dense_forward
+        # Checked every step: a method may need the dense step for a while (TopK while AuxK is active).
+        sparse = config.sparse_step and method.sparse_codes and density <= config.sparse_max_density
+        forward = sparse_forward if sparse else dense_forward
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=config.autocast_bf16):
             result = forward(sae, method, x)
         total = (result.loss + result.penalty).sum()

@@ -33,7 +33,10 @@ def point(seed, s=2, groups=1, activation="jumprelu", sparse_step=True):
 
 @pytest.mark.parametrize("sparse_step", [True, False])
 def test_batched_points_equal_separate_runs(sparse_step):
-    configs = [point(0, sparse_step=sparse_step), point(1, s=3, groups=4, sparse_step=sparse_step),
+    first = point(0, sparse_step=sparse_step)
+    # The second point differs from the first in its target alone: the two share one data stream.
+    same_instance = dataclasses.replace(first, method_config=BiasAdaptationConfig.single(4 * first.model.feature_frequency))
+    configs = [first, same_instance, point(1, s=3, groups=4, sparse_step=sparse_step),
                point(2, activation="relu", sparse_step=sparse_step)]
     together = train_many(configs)
     for config, batched in zip(configs, together):

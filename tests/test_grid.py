@@ -32,6 +32,9 @@ device = "cpu"
 target_frequency = ["1f", "2f"]
 """
 
+STACK = 2
+"""Points per stacked group in these tests."""
+
 TIMING = ["wall_seconds"]
 """Columns that measure time, not results."""
 
@@ -86,7 +89,8 @@ def test_cli_reports_a_bad_spec_in_one_line(tmp_path, capsys):
 def uninterrupted(tmp_path_factory):
     out = tmp_path_factory.mktemp("uninterrupted")
     spec_path = write_spec(out)
-    counts = run_grid(GridSpec.from_toml(spec_path), out / "grid", jobs=1, threads=1, progress=False)
+    # Stacks of 2 (3 groups), so that a kill can land between groups.
+    counts = run_grid(GridSpec.from_toml(spec_path), out / "grid", jobs=1, threads=1, progress=False, stack=STACK)
     assert counts == {"total": 6, "skipped": 0, "reused": 0, "ran": 6}
     return spec_path, out / "grid", grid_table(out / "grid")
 
@@ -107,7 +111,7 @@ def test_table_has_settings_metrics_conditions_theory_and_provenance(uninterrupt
 
 def test_rerun_skips_finished_points(uninterrupted):
     spec_path, out, _ = uninterrupted
-    counts = run_grid(GridSpec.from_toml(spec_path), out, jobs=1, progress=False)
+    counts = run_grid(GridSpec.from_toml(spec_path), out, jobs=1, progress=False, stack=STACK)
     assert counts == {"total": 6, "skipped": 6, "reused": 0, "ran": 0}
 
 
@@ -131,7 +135,7 @@ def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_table(uninterrupted,
     spec_path, _, expected = uninterrupted
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "simulations.cli", "grid", "run", str(spec_path), "--out", str(out),
-               "--jobs", "1", "--threads", "1", "--quiet", "--no-table"]
+               "--jobs", "1", "--threads", "1", "--stack", str(STACK), "--quiet", "--no-table"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(list((out / POINTS).glob("*.json"))) < 2:
@@ -143,14 +147,14 @@ def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_table(uninterrupted,
     for path in (out / POINTS).glob("*.json"):
         json.loads(path.read_text())  # every file that is there is complete
     assert json.loads((out / MANIFEST).read_text())["keys"]
-    counts = run_grid(GridSpec.from_toml(spec_path), out, jobs=1, threads=1, progress=False)
+    counts = run_grid(GridSpec.from_toml(spec_path), out, jobs=1, threads=1, progress=False, stack=STACK)
     assert counts["skipped"] == finished and counts["ran"] == 6 - finished
     pd.testing.assert_frame_equal(results(grid_table(out)), results(expected))
 
 
 def test_loky_workers_give_the_same_table(uninterrupted, tmp_path):
     spec_path, _, expected = uninterrupted
-    run_grid(GridSpec.from_toml(spec_path), tmp_path / "loky", jobs=2, progress=False)
+    run_grid(GridSpec.from_toml(spec_path), tmp_path / "loky", jobs=2, progress=False, stack=STACK)
     table = grid_table(tmp_path / "loky")
     assert set(table["threads"]) == {1}
     pd.testing.assert_frame_equal(results(table).drop(columns="threads"), results(expected).drop(columns="threads"))
@@ -161,7 +165,7 @@ def test_dask_backend_on_a_local_cluster_gives_the_same_table(uninterrupted, tmp
     spec_path, _, expected = uninterrupted
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         assert main(["grid", "run", str(spec_path), "--out", str(tmp_path / "dask"), "--backend", "dask",
-                     "--scheduler", cluster.scheduler_address, "--jobs", "2", "--quiet"]) == 0
+                     "--scheduler", cluster.scheduler_address, "--jobs", "2", "--stack", str(STACK), "--quiet"]) == 0
     table = pd.read_parquet(tmp_path / "dask" / "results.parquet")
     assert len(table) == 6
     pd.testing.assert_frame_equal(results(table).drop(columns="threads"), results(expected).drop(columns="threads"),

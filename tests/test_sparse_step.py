@@ -7,6 +7,7 @@ import torch
 import simulations.sparse_step as sparse_step
 import simulations.train as train_module
 from simulations.methods.bias_adaptation import BiasAdaptationConfig
+from simulations.methods.topk import TopKConfig
 from simulations.recover import RecoverConfig, run
 from simulations.sae import SAEConfig, SparseAutoencoder
 from simulations.sparse_step import dense_forward, sparse_forward
@@ -116,3 +117,40 @@ def test_sparse_settings_are_validated():
     with pytest.raises(Exception, match="sparse_step"):
         TrainConfig(sparse_step="yes")
     assert dataclasses.replace(TrainConfig(), sparse_step=False).sparse_step is False
+
+
+@pytest.mark.parametrize("k", [2, 7])
+def test_topk_sparse_step_gradients_and_firing_equal_the_dense_step(k, monkeypatch):
+    monkeypatch.setattr(sparse_step, "BLOCK_ELEMENTS", 64 * WIDTH)  # several blocks of rows
+    sae, _, x = setup(True, "jumprelu", True, -0.2)
+    config = TopKConfig(k=k, dead_window=10**9)
+    dense_method, sparse_method = config.build(WIDTH), config.build(WIDTH)
+    bias = 0.2 * torch.randn(WIDTH, generator=torch.Generator().manual_seed(5)) - 0.7  # some rows have < k positive
+    grads = {}
+    for name, forward, method in (("dense", dense_forward, dense_method), ("sparse", sparse_forward, sparse_method)):
+        with torch.no_grad():
+            method.bias.copy_(bias)
+        assert method.sparse_codes
+        sae.zero_grad(set_to_none=True)
+        method.zero_grad(set_to_none=True)
+        result = forward(sae, method, x)
+        (result.loss + result.penalty).sum().backward()
+        method.after_step(result.projection, result.codes)
+        grads[name] = {"bias": method.bias.grad.clone(), **{n: p.grad.clone() for n, p in sae.named_parameters()}}
+        grads[name + "_counts"] = result.neuron_counts
+    assert torch.equal(grads["dense_counts"], grads["sparse_counts"])
+    assert 0 < int(grads["dense_counts"].sum()) < k * BATCH  # the ReLU dropped some of the k
+    for name, expected in grads["dense"].items():
+        error = (grads["sparse"][name] - expected).norm() / expected.norm()
+        assert error <= 1e-5, (name, float(error))
+    assert torch.equal(dense_method.samples_since_fired, sparse_method.samples_since_fired)
+
+
+def test_topk_takes_the_dense_step_while_auxk_is_active():
+    method = TopKConfig(k=2, dead_window=10).build(8)
+    assert method.sparse_codes
+    method.samples_since_fired[3] = 10  # latent 3 is dead: AuxK needs every projection
+    assert not method.sparse_codes
+    without_auxk = TopKConfig(k=2, dead_window=10, aux_coefficient=0.0).build(8)
+    without_auxk.samples_since_fired[3] = 10
+    assert without_auxk.sparse_codes

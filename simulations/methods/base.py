@@ -88,7 +88,7 @@ class Method(nn.Module):
         `projection` are the encoder projections (with gradient), `residual` is x - x_hat
         (detached), `decoder` the decoder rows (width, d). TopK's AuxK loss and JumpReLU's
         straight-through L0 term live here. Only the dense step calls it, so a method with an
-        auxiliary loss keeps `sparse_codes = False`.
+        auxiliary loss reports `sparse_codes = False` while that loss is active.
         """
         return 0.0
 

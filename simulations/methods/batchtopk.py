@@ -39,6 +39,9 @@ class BatchTopK(TopK):
 
     architecture = "jumprelu"
 
+    sparse_codes = False
+    """The batch-wide top k*B does not split into the sparse step's blocks of rows."""
+
     def __init__(self, config: BatchTopKConfig, width: int, device="cpu"):
         super().__init__(config, width, device)
         self.register_buffer("threshold", torch.zeros((), device=device))

@@ -63,6 +63,8 @@ class TopK(LearnedBiasMethod):
         super().__init__(width, device)
         self.config = config
         self.register_buffer("samples_since_fired", torch.zeros(width, dtype=torch.int64, device=device))
+        self._step_samples = 0
+        self._step_fired = torch.zeros(width, dtype=torch.bool, device=device)
 
     def encode(self, projection: torch.Tensor) -> torch.Tensor:
         return keep_largest(torch.relu(self.pre_activation(projection)), self.config.k)
@@ -84,9 +86,35 @@ class TopK(LearnedBiasMethod):
         scale = min(dead_count / aux_k, 1.0)
         return self.config.aux_coefficient * scale * 0.5 * (estimate - residual).pow(2).sum(dim=1).mean()
 
+    @property
+    def sparse_codes(self) -> bool:
+        """The sparse step applies while AuxK is idle (no dead latent): its loss needs every projection."""
+        return self.config.aux_coefficient == 0 or not bool(self.dead().any())
+
+    @torch.no_grad()
+    def support(self, projection: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        top, index = self.pre_activation(projection).topk(self.config.k, dim=-1)
+        index, order = index.sort(dim=-1)  # row-major: columns ascending within each row
+        kept = (top.gather(-1, order) > 0).flatten()
+        rows = torch.arange(projection.shape[0], device=projection.device).repeat_interleave(self.config.k)[kept]
+        columns = index.flatten()[kept]
+        # The sparse step calls this per block of rows; `after_step` records the whole batch.
+        self._step_samples += projection.shape[0]
+        self._step_fired[columns] = True
+        return rows, columns
+
+    def code_values(self, projection_values: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        return projection_values + self.bias[columns]  # ReLU is the identity on the kept (positive) entries
+
     @torch.no_grad()
     def after_step(self, projection: torch.Tensor | None, codes: torch.Tensor | None) -> None:
-        self.record_firing(codes)
+        if codes is not None:
+            self.record_firing(codes)
+        else:  # a sparse step: `support` saw the codes
+            self.samples_since_fired += self._step_samples
+            self.samples_since_fired[self._step_fired] = 0
+            self._step_samples = 0
+            self._step_fired.zero_()
 
     def record_firing(self, codes: torch.Tensor) -> None:
         """Count samples since each latent last fired (the codes of the step just taken)."""
