@@ -24,7 +24,7 @@ from simulations.sae import SAEConfig, SparseAutoencoder
 from simulations.train import TrainConfig, normalise, resolve_device, train
 from theory.metrics import ReconstructionStats, dead_fraction, feature_recovery_rate, max_cosine, mcc
 from theory.model import FeatureModel, SyntheticData
-from theory.validation import ConfigError, check_choice, check_int
+from theory.validation import ConfigError, check_choice, check_int, multiple_setting
 
 
 @dataclass(frozen=True)
@@ -91,10 +91,11 @@ class RecoverConfig:
             names = {f.name for f in dataclasses.fields(part)} - {"seed"}
             parts[name] = {key: _tuple(settings.pop(key)) for key in list(settings) if key in names}
         if isinstance(parts["model"].get("d"), str):
-            parts["model"]["d"] = dimension_setting(parts["model"]["d"], parts["model"].get("n", FeatureModel.n))
+            root_n = parts["model"].get("n", FeatureModel.n) ** 0.5
+            parts["model"]["d"] = multiple_setting(parts["model"]["d"], "d", "sqrt(n)", root_n, "2sqrt(n)", "an integer >= 1", integer=True)
         model = FeatureModel(seed=settings.pop("feature_seed", seed), **parts["model"])
         if isinstance(parts["sae"].get("width"), str):
-            parts["sae"]["width"] = width_setting(parts["sae"]["width"], model.n)
+            parts["sae"]["width"] = multiple_setting(parts["sae"]["width"], "width", "n", model.n, "4n", "an integer >= 1", integer=True)
         method_class = METHODS[method]
         method_names = method_class.setting_names()
         method_settings = {key: settings.pop(key) for key in list(settings) if key in method_names}
@@ -129,24 +130,6 @@ class RecoverConfig:
 
 def _tuple(value):
     return tuple(value) if isinstance(value, list) else value
-
-
-def dimension_setting(text: str, n: int) -> int:
-    """'2sqrt(n)' -> round(2 sqrt(n)) (at least 1); a plain integer string -> that integer."""
-    text = str(text).strip()
-    try:
-        return max(1, round(float(text[: -len("sqrt(n)")]) * n**0.5)) if text.endswith("sqrt(n)") else int(text)
-    except ValueError:
-        raise ConfigError(f"d: must be an integer >= 1 or a multiple of sqrt(n) such as '2sqrt(n)', got {text!r}") from None
-
-
-def width_setting(text: str, n: int) -> int:
-    """'4n' -> round(4 n) (at least 1); a plain integer string -> that integer."""
-    text = str(text).strip()
-    try:
-        return max(1, round(float(text[:-1]) * n)) if text.endswith("n") else int(text)
-    except ValueError:
-        raise ConfigError(f"width: must be an integer >= 1 or a multiple of n such as '4n', got {text!r}") from None
 
 
 @dataclass

@@ -43,3 +43,19 @@ def check_choice(name: str, value, choices) -> None:
     """Require one of a fixed set of values."""
     if value not in choices:
         raise ConfigError(f"{name}: must be one of {', '.join(map(str, choices))}; got {value!r}")
+
+
+def multiple_setting(text, name: str, unit: str, unit_value: float, example: str, plain: str, integer: bool = False):
+    """A setting written as a multiple of a unit ('2f', '4n', '2sqrt(n)') or as a plain number.
+
+    `unit` is the suffix, `unit_value` its value; `plain` describes the plain form for the error.
+    Integer settings are rounded to the nearest integer, at least 1.
+    """
+    text = str(text).strip()
+    try:
+        if text.endswith(unit):
+            value = float(text[: -len(unit)]) * unit_value
+            return max(1, round(value)) if integer else value
+        return int(text) if integer else float(text)
+    except ValueError:
+        raise ConfigError(f"{name}: must be {plain} or a multiple of {unit} such as '{example}', got {text!r}") from None

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from simulations.methods.base import Method, MethodConfig
-from theory.validation import ConfigError, check_choice, check_int, check_real
+from theory.validation import ConfigError, check_choice, check_int, check_real, multiple_setting
 
 
 @dataclass(frozen=True)
@@ -111,11 +111,7 @@ class BiasAdaptationConfig(MethodConfig):
 
 def frequency_setting(text: str, feature_frequency: float, name: str) -> float:
     """'2f' -> 2 * f; a plain number string -> that number."""
-    text = str(text).strip()
-    try:
-        return float(text[:-1]) * feature_frequency if text.endswith("f") else float(text)
-    except ValueError:
-        raise ConfigError(f"{name}: must be a number in (0, 1) or a multiple of f such as '2f', got {text!r}") from None
+    return multiple_setting(text, name, "f", feature_frequency, "2f", "a number in (0, 1)")
 
 
 def group_assignment(width: int, groups: int) -> np.ndarray:
