@@ -277,6 +277,22 @@ def saelens_records(shapes, repeats: int, device, architectures) -> list[dict]:
     return records
 
 
+def saelens_speedups(records: list[dict]) -> list[dict]:
+    """Each SAELens record with our GBA step's and our same-kind baseline's samples/s at its shape, and their ratios."""
+    ours = {(r["method"], r["d"], r["width"]): r["step_seconds"] for r in records
+            if r.get("kind") == "step" and "step_seconds" in r and r.get("variant") != "dense"}
+    counterpart = {"saelens-topk": "topk", "saelens-standard": "relu-l1"}
+    for record in records:
+        if record.get("kind") != "saelens" or "step_seconds" not in record:
+            continue
+        shape = (record["d"], record["width"])
+        for label, method in (("gba", "gba"), ("same_method", counterpart.get(record["method"]))):
+            if (method, *shape) in ours:
+                record[f"{label}_samples_per_second"] = BATCH / ours[(method, *shape)]
+                record[f"{label}_speedup"] = record["step_seconds"] / ours[(method, *shape)]
+    return records
+
+
 def run_bench(quick: bool) -> list[dict]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     repeats = 3 if quick else 5
@@ -300,7 +316,7 @@ def run_bench(quick: bool) -> list[dict]:
         records.append({"kind": "saelens", "skipped": f"sae-lens is not installed ({error}); pip install -e '.[bench]'"})
     for record in records:
         record.setdefault("device", device.type)
-    return records
+    return saelens_speedups(records)
 
 
 def table(records: list[dict]) -> str:
