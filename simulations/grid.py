@@ -33,7 +33,6 @@ import json
 import os
 import platform
 import tempfile
-import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,21 +162,19 @@ def run_points(points: list[tuple[dict, dict]], conditions_samples: int, threads
     if threads is not None:
         torch.set_num_threads(threads)
     configs = [RecoverConfig.from_dict(config_dict) for _, config_dict in points]
-    started = time.perf_counter()
     results = train_many(configs) if len(configs) > 1 else [run(configs[0])]
-    wall = (time.perf_counter() - started) / len(configs)  # each point's share of the group's time
     conditions_of: dict = {}  # points on the same instance and seed share their conditions
     records = []
     for (settings, config_dict), config, result in zip(points, configs, results):
         instance = (config.model, config.seed)
         if instance not in conditions_of:
             conditions_of[instance] = check_data(result.data, num_samples=conditions_samples, seed=config.seed).as_columns()
-        records.append(point_record(settings, config_dict, config, result, conditions_of[instance], wall, len(configs)))
+        records.append(point_record(settings, config_dict, config, result, conditions_of[instance], len(configs)))
     return records
 
 
-def point_record(settings, config_dict, config, result, conditions: dict, wall: float, stacked: int) -> dict:
-    """The JSON-ready record of one finished point."""
+def point_record(settings, config_dict, config, result, conditions: dict, stacked: int) -> dict:
+    """The JSON-ready record of one finished point (wall seconds: its run's, or its share of its stack's)."""
     import torch
 
     metrics = dict(result.metrics)
@@ -197,7 +194,7 @@ def point_record(settings, config_dict, config, result, conditions: dict, wall: 
         "conditions": {k: _plain(v) for k, v in conditions.items()},
         "theory": {k: _plain(v) for k, v in theory.items()},
         "history": result.history.to_dict(orient="list"),
-        "wall_seconds": wall,
+        "wall_seconds": metrics["wall_seconds"],
         "stacked": stacked,
         "device": _device_name(result.sae.weight.device),
         "threads": torch.get_num_threads(),

@@ -234,7 +234,7 @@ def small_d(results: Path) -> Measurement:
         if len(opens) else "No d reaches FRR 0.9. ") + (
         f"Most instances keep V1 (max |cos| ≤ 0.7) only from d = {coherent.min() if len(coherent) else '—'} on "
         f"({coherent.min() / root_n:.2f}√n); at n = 65,536 that happens near d = 90 ≈ 0.35√n." if len(coherent) else "")
-    return Measurement(measured, verdict, note if not opens_like_paper else "")
+    return Measurement(measured, verdict, note)
 
 
 @claim(
@@ -382,9 +382,8 @@ def cooccurrence_threshold(results: Path) -> Measurement:
     return Measurement(measured, verdict, note)
 
 
-def imbalanced_rows(results: Path) -> pd.DataFrame:
+def imbalanced_rows(table: pd.DataFrame) -> pd.DataFrame:
     """The GBA rows of the imbalanced grid, marked by whether their targets cover f."""
-    table = load_results(results, "imbalanced")
     table = table[table["method"] == "gba"]
     f = table["feature_frequency"]
     covers = (table["lowest_target"] <= f) & (table["highest_target"] >= f)
@@ -399,15 +398,15 @@ def imbalanced_rows(results: Path) -> pd.DataFrame:
     figure="imbalanced",
 )
 def imbalanced_full(results: Path) -> Measurement:
-    table = imbalanced_rows(results)
+    grid = load_results(results, "imbalanced")
+    table = imbalanced_rows(grid)
     full = table[table["covers"]]
     parts = []
     for (high, low), part in full.groupby(["highest_target", "lowest_target"], sort=False):
         f = part["feature_frequency"].iloc[0]
         parts.append(f"{high / f:.3g}f → {low / f:.3g}f: FRR(0.8) = {part['frr_0.8'].mean():.1%}, "
                      f"FRR(0.9) = {part['frr_0.9'].mean():.1%} (min {part['frr_0.9'].min():.1%}), L0 {part['l0'].mean():.0f}")
-    topk = load_results(results, "imbalanced")
-    topk = topk[topk["method"] == "topk"].groupby("k")[["frr_0.8", "frr_0.9"]].mean()
+    topk = grid[grid["method"] == "topk"].groupby("k")[["frr_0.8", "frr_0.9"]].mean()
     measured = (f"n = 128, d = 42, s ∈ {{3, 20}} (E[s] = 11.5), GBA K = 10, width 8n, 600 steps, "
                 f"{full['seed'].nunique()} seeds, targets covering f: " + "; ".join(parts)
                 + ("; TopK on the same SAE and schedule: " + ", ".join(
@@ -430,7 +429,7 @@ def imbalanced_full(results: Path) -> Measurement:
     figure="imbalanced",
 )
 def imbalanced_wrong(results: Path) -> Measurement:
-    table = imbalanced_rows(results)
+    table = imbalanced_rows(load_results(results, "imbalanced"))
     wrong = table[~table["covers"]]
     parts = []
     for (high, low), part in wrong.groupby(["highest_target", "lowest_target"]):
