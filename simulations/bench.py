@@ -94,6 +94,16 @@ def settle_biases(sae, method, batches, config: BiasAdaptationConfig, device) ->
         method.bias.copy_(fast.bias)
 
 
+def settle_thresholds(sae, method, batch: torch.Tensor, l0: int) -> None:
+    """Bring JumpReLU thresholds to a trained-like state before timing: each latent's threshold at
+    the activation it exceeds on l0/width of the samples, so that L0 is about `l0` (TopK's k)."""
+    with torch.no_grad():
+        pre_activation = method.pre_activation(sae.project(normalise(batch)))
+        rank = batch.shape[0] - max(1, round(l0 * batch.shape[0] / sae.width))
+        threshold = pre_activation.kthvalue(rank, dim=0).values
+        method.log_threshold.copy_(threshold.clamp_min(1e-6).log())
+
+
 def time_steps(sae, method, batches, steps: int, sparse: bool, autocast: bool = False) -> tuple[float, float]:
     """Median seconds of one training step (the loop's first step, always dense, is left out) and the last L0."""
     config = TrainConfig(
@@ -126,6 +136,8 @@ def step_records(shapes, methods, repeats: int, device, peak: float, with_dense:
                     method = config.build(width, device)
                     if isinstance(config, BiasAdaptationConfig):
                         settle_biases(sae, method, batches, config, device)
+                    if name == "jumprelu":
+                        settle_thresholds(sae, method, pool[0], METHODS["topk"]().k)
                     steps = repeats if variant != "dense" else max(2, repeats // 2)
                     step, l0 = time_steps(sae, method, batches, steps, sparse)
                 except Exception as error:  # a baseline that cannot run at this shape is reported, not fatal

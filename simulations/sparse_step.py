@@ -1,9 +1,10 @@
 """The training step's forward pass, dense or sparse (issue 6: a step near the cost of one matmul).
 
 Only the encoder pre-activations need the dense product (x - b_pre) W^T. When a method's codes
-are exactly zero outside a small support (`Method.sparse_codes`), everything after it needs the
-active entries alone: the decode sum_m z_m d_m, the gradient of the codes, and the gradients of
-W (encoder side and, tied, decoder side), of the scale a and of b_pre. The two autograd
+and their gradients are exactly zero outside a small support (`Method.sparse_codes`: BA/GBA,
+TopK and BatchTopK while AuxK is idle, JumpReLU with its threshold band), everything after it
+needs the support alone: the decode sum_m z_m d_m, the gradient of the codes, and the gradients
+of W (encoder side and, tied, decoder side), of the scale a and of b_pre. The two autograd
 functions below do that in O(nnz d) instead of O(B M d), so a step costs about one dense matmul
 plus the optimiser. Both passes give the same loss and gradients as the dense path up to float
 rounding (tests/test_sparse_step.py).
@@ -33,16 +34,20 @@ def reconstruction_loss(reconstruction: torch.Tensor, x: torch.Tensor) -> torch.
 
 @dataclass
 class SparseCodes:
-    """The non-zero codes of a batch: codes[rows[k], columns[k]] = values[k], zero elsewhere."""
+    """The codes of a batch on their support: codes[rows[k], columns[k]] = values[k], zero elsewhere
+    (the support may hold zero codes that carry a gradient: `Method.support`)."""
 
     rows: torch.Tensor
-    """Sample index of each non-zero code (int64)."""
+    """Sample index of each support entry (int64)."""
     columns: torch.Tensor
-    """Neuron index of each non-zero code (int64)."""
+    """Neuron index of each support entry (int64)."""
     values: torch.Tensor
-    """The non-zero codes, with gradients."""
+    """The codes on the support, with gradients."""
     shape: tuple[int, int]
     """(batch, width) of the dense code matrix."""
+    projections: torch.Tensor
+    """The projections w_m . (x - b_pre) on the support, with gradients (for penalties that read
+    pre-activations, such as JumpReLU's L0 term)."""
 
     def to_dense(self) -> torch.Tensor:
         dense = self.values.new_zeros(self.shape)
@@ -172,11 +177,11 @@ def _sparse_rest(sae, method, x, centred, rows, columns, values) -> StepForward:
     flat_columns = columns + (rows // x.shape[-2]) * width if sae.points else columns
     support = Support(rows, flat_columns, (batch_rows, sae.weight[..., 0].numel()))
     values = GatheredProjection.apply(centred.reshape(-1, d), sae.weight.reshape(-1, d), values, support)
-    codes = SparseCodes(rows, columns, method.code_values(values, columns), (batch_rows, width))
+    codes = SparseCodes(rows, columns, method.code_values(values, columns), (batch_rows, width), values)
     decoder = sae.decoder_weight
     reconstruction = SparseDecode.apply(codes.values, decoder.reshape(-1, d), support).view_as(x)
     reconstruction = reconstruction + sae.pre_bias.unsqueeze(-2)
-    neuron_counts = torch.bincount(flat_columns, minlength=support.shape[1])
+    neuron_counts = torch.bincount(flat_columns[codes.values.detach() != 0], minlength=support.shape[1])
     return StepForward(
         loss=reconstruction_loss(reconstruction, x),
         penalty=method.sparse_penalty(codes, decoder.norm(dim=-1)),
@@ -194,7 +199,16 @@ blocks only bound the memory of large batches."""
 
 @torch.no_grad()
 def _support_in_blocks(sae: SparseAutoencoder, method: Method, centred: torch.Tensor):
-    """(rows, columns, projection values) of the active codes; a stack is one block."""
+    """(rows, columns, projection values) of the support of the codes; a stack is one block."""
+    while True:  # a second round only when `select_support` asks for it (it widened the support)
+        rows, columns, values = _gathered_support(sae, method, centred)
+        keep = method.select_support(rows, columns, values)
+        if keep is not None:
+            return rows[keep], columns[keep], values[keep]
+
+
+def _gathered_support(sae: SparseAutoencoder, method: Method, centred: torch.Tensor):
+    """`method.support` of every block of rows, with the projections on it."""
     weight = sae.weight.detach().mT
     if sae.points:
         # One mm per point: on CPU a loop of mm was ~2x faster than bmm for these shapes.

@@ -6,7 +6,9 @@ import torch
 
 import simulations.sparse_step as sparse_step
 import simulations.train as train_module
+from simulations.methods.batchtopk import BatchTopKConfig
 from simulations.methods.bias_adaptation import BiasAdaptationConfig
+from simulations.methods.jumprelu import JumpReLUConfig
 from simulations.methods.topk import TopKConfig
 from simulations.recover import RecoverConfig, run
 from simulations.sae import SAEConfig, SparseAutoencoder
@@ -154,3 +156,92 @@ def test_topk_takes_the_dense_step_while_auxk_is_active():
     without_auxk = TopKConfig(k=2, dead_window=10, aux_coefficient=0.0).build(8)
     without_auxk.samples_since_fired[3] = 10
     assert without_auxk.sparse_codes
+
+
+def compare_steps(config, prepare_method, monkeypatch, steps=1):
+    """Dense and sparse steps of `config`'s method on the same SAE and batch: gradients of every
+    parameter (SAE and method), active counts and the methods' state after `after_step`."""
+    monkeypatch.setattr(sparse_step, "BLOCK_ELEMENTS", 64 * WIDTH)  # several blocks of rows
+    sae, _, x = setup(True, "jumprelu", True, -0.2)
+    results = {}
+    for name, forward in (("dense", dense_forward), ("sparse", sparse_forward)):
+        method = config.build(WIDTH)
+        prepare_method(method)
+        assert method.sparse_codes
+        for _ in range(steps):
+            sae.zero_grad(set_to_none=True)
+            method.zero_grad(set_to_none=True)
+            result = forward(sae, method, x)
+            (result.loss + result.penalty).sum().backward()
+            method.after_step(result.projection, result.codes)
+        gradients = {n: p.grad.clone() for n, p in [*sae.named_parameters(), *method.named_parameters()]}
+        results[name] = (result, gradients, method)
+    (dense, dense_gradients, dense_method), (sparse, sparse_gradients, sparse_method) = results["dense"], results["sparse"]
+    assert torch.equal(dense.neuron_counts, sparse.neuron_counts)
+    assert torch.allclose(dense.loss + dense.penalty, sparse.loss + sparse.penalty, rtol=1e-6, atol=0)
+    assert set(dense_gradients) == set(sparse_gradients)
+    for name, expected in dense_gradients.items():
+        error = (sparse_gradients[name] - expected).norm() / expected.norm()
+        assert error <= 1e-5, (name, float(error))
+    return dense, dense_method, sparse_method
+
+
+@pytest.mark.parametrize("target_l0", [None, 3.0])
+@pytest.mark.parametrize("threshold", [0.3, 0.5])
+def test_jumprelu_sparse_step_gradients_equal_the_dense_step(target_l0, threshold, monkeypatch):
+    config = JumpReLUConfig(l0_coefficient=0.05, target_l0=target_l0, initial_threshold=threshold, bandwidth=0.05)
+
+    def spread_thresholds(method):
+        with torch.no_grad():
+            method.bias.copy_(0.05 * torch.randn(WIDTH, generator=torch.Generator().manual_seed(3)))
+
+    dense, method, _ = compare_steps(config, spread_thresholds, monkeypatch)
+    # The straight-through estimate reached theta through zero codes inside the band, too.
+    with torch.no_grad():
+        pre_activation = dense.projection + method.bias
+        inside_band = ((pre_activation - method.threshold).abs() < config.bandwidth / 2) & (pre_activation <= method.threshold)
+    assert int(inside_band.sum()) > 0
+    assert 0 < int(dense.neuron_counts.sum()) < 0.2 * BATCH * WIDTH
+
+
+def count_rounds(monkeypatch) -> list:
+    """Records each gathering of the support blocks."""
+    rounds, gathered = [], sparse_step._gathered_support
+    monkeypatch.setattr(sparse_step, "_gathered_support", lambda *args: rounds.append(1) or gathered(*args))
+    return rounds
+
+
+# The previous step's smallest kept activation sets the floor: 0; 0.3 (enough candidates above
+# 0.27: the batch's k*B-th activation is about 0.5); 5 (too few: the blocks are gathered again with floor 0).
+@pytest.mark.parametrize("last_smallest, rounds_per_step", [(0.0, 1), (0.3, 1), (5.0, 2)])
+@pytest.mark.parametrize("k", [2, 7])
+def test_batchtopk_sparse_step_keeps_the_dense_top_kb(last_smallest, rounds_per_step, k, monkeypatch):
+    config = BatchTopKConfig(k=k, dead_window=10**9)
+    rounds = count_rounds(monkeypatch)
+
+    def set_threshold(method):
+        with torch.no_grad():
+            method.bias.copy_(0.2 * torch.randn(WIDTH, generator=torch.Generator().manual_seed(5)) - 0.1)
+            method.threshold.fill_(last_smallest)
+            method.threshold_steps.fill_(int(last_smallest > 0))
+        method._last_smallest = last_smallest
+
+    dense, dense_method, sparse_method = compare_steps(config, set_threshold, monkeypatch, steps=1)
+    assert len(rounds) == rounds_per_step
+    assert int(dense.neuron_counts.sum()) == k * BATCH
+    assert torch.equal(dense_method.samples_since_fired, sparse_method.samples_since_fired)
+    assert torch.allclose(dense_method.threshold, sparse_method.threshold, rtol=1e-6)
+
+
+def test_batchtopk_sparse_step_keeps_every_positive_code_when_fewer_than_kb(monkeypatch):
+    def few_positive(method):
+        with torch.no_grad():
+            method.bias.fill_(-0.6)  # about 0.1 % of activations positive, far fewer than k*B
+            method.threshold.fill_(0.2)
+            method.threshold_steps.fill_(1)
+        method._last_smallest = 0.2
+
+    rounds = count_rounds(monkeypatch)
+    dense, *_ = compare_steps(BatchTopKConfig(k=7, dead_window=10**9), few_positive, monkeypatch)
+    assert len(rounds) == 2  # floor 0.18 left too few candidates
+    assert 0 < int(dense.neuron_counts.sum()) < 7 * BATCH

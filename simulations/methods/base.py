@@ -98,12 +98,20 @@ class Method(nn.Module):
         step's batch as they were trained on (both None after a sparse step: `support` has seen them)."""
 
     def support(self, projection: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(rows, columns) of the non-zero codes of `encode(projection)`, in row-major order, without
-        gradients; `projection` must not be modified. Takes the statistics `after_step` needs."""
+        """(rows, columns), in row-major order and without gradients, of every entry of one block of
+        rows whose code or gradient can be non-zero: the non-zero codes of `encode(projection)`,
+        plus any zero code a straight-through gradient reaches (JumpReLU's threshold band).
+        `projection` must not be modified. Takes the statistics `after_step` needs."""
         raise NotImplementedError
 
+    def select_support(self, rows: torch.Tensor, columns: torch.Tensor, projection_values: torch.Tensor) -> torch.Tensor | None:
+        """Which of the whole batch's `support` entries to keep (a boolean mask), for a rule that
+        needs the whole batch (BatchTopK's top k*B); None when they were too few: the method has
+        widened its `support` and the blocks are gathered again. Keeps them all by default."""
+        return torch.ones_like(rows, dtype=torch.bool)
+
     def code_values(self, projection_values: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
-        """The non-zero codes (with gradients) from their projections; `columns` are their neurons."""
+        """The codes on the support (with gradients) from their projections; `columns` are their neurons."""
         raise NotImplementedError
 
     def sparse_penalty(self, codes, decoder_norms: torch.Tensor) -> torch.Tensor | float:

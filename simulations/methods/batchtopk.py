@@ -35,17 +35,29 @@ class BatchTopKConfig(TopKConfig):
 
 
 class BatchTopK(TopK):
-    """BatchTopK in training mode, JumpReLU at the running threshold in eval mode."""
+    """BatchTopK in training mode, JumpReLU at the running threshold in eval mode.
+
+    On the sparse step (while AuxK is idle, as for TopK) the batch-wide top k*B is found in two
+    passes: each block of rows keeps its candidates, the activations above a floor just below the
+    previous step's smallest kept activation, and `select_support` keeps the k*B largest of them.
+    When fewer than k*B candidates exist, some of the top k*B may lie below the floor: the floor
+    drops to 0 and the blocks are gathered again, so the kept set is always the dense step's (up
+    to ties).
+    """
 
     architecture = "jumprelu"
 
-    sparse_codes = False
-    """The batch-wide top k*B does not split into the sparse step's blocks of rows."""
+    FLOOR_SHARE = 0.9
+    """The candidates' floor as a share of the previous step's smallest kept activation: it moves
+    by well under 10 % from one step to the next, and the floor admits a few times k*B entries."""
 
     def __init__(self, config: BatchTopKConfig, width: int, device="cpu"):
         super().__init__(config, width, device)
         self.register_buffer("threshold", torch.zeros((), device=device))
         self.register_buffer("threshold_steps", torch.zeros((), dtype=torch.int64, device=device))
+        self._floor = None
+        self._step_smallest = None
+        self._last_smallest = 0.0
 
     def encode(self, projection: torch.Tensor) -> torch.Tensor:
         activation = torch.relu(self.pre_activation(projection))
@@ -55,12 +67,43 @@ class BatchTopK(TopK):
         return keep_largest(activation.reshape(1, -1), budget).reshape(activation.shape)
 
     @torch.no_grad()
+    def support(self, projection: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._floor is None:  # the first block of a step
+            self._floor = self.FLOOR_SHARE * self._last_smallest
+        self._step_samples += projection.shape[0]
+        return (projection > self._floor - self.bias).nonzero(as_tuple=True)
+
+    @torch.no_grad()
+    def select_support(self, rows, columns, projection_values) -> torch.Tensor | None:
+        activation = projection_values + self.bias[columns]
+        budget = min(round(self.config.k * self._step_samples), self._step_samples * self.bias.numel())
+        if activation.numel() < budget and self._floor > 0:
+            self._floor, self._step_samples = 0.0, 0  # gather every positive activation instead
+            return None
+        keep = activation > 0
+        if activation.numel() > budget:
+            smallest = activation.kthvalue(activation.numel() - budget + 1).values
+            keep &= activation >= smallest
+        self._floor = None
+        self._step_fired[columns[keep]] = True
+        self._step_smallest = activation[keep].min() if keep.any() else None
+        return keep
+
+    @torch.no_grad()
     def after_step(self, projection: torch.Tensor | None, codes: torch.Tensor | None) -> None:
+        if codes is None:  # a sparse step: `select_support` kept the batch's top k*B
+            super().after_step(None, None)
+            self._update_threshold(self._step_smallest)
+            return
         self.record_firing(codes)  # the codes trained on: the batch's top k*B
         kept = codes[codes > 0]
-        if kept.numel() == 0:
+        self._update_threshold(kept.min() if kept.numel() else None)
+
+    def _update_threshold(self, smallest: torch.Tensor | None) -> None:
+        """Move the running threshold toward the smallest activation kept in this step."""
+        if smallest is None:
             return
-        smallest = kept.min()
+        self._last_smallest = float(smallest)
         # The first estimate starts the average, so no early steps are spent climbing from 0.
         rate = 1.0 if self.threshold_steps == 0 else self.config.threshold_rate
         self.threshold.mul_(1 - rate).add_(rate * smallest)

@@ -68,7 +68,8 @@ class JumpReLUFunction(torch.autograd.Function):
         bandwidth = ctx.bandwidth
         grad_pre = grad_output * (pre_activation > threshold)
         kernel = rectangle((pre_activation - threshold) / bandwidth)
-        grad_threshold = (-(threshold / bandwidth) * kernel * grad_output).sum(dim=0)
+        # sum_to_size: over the batch for a (batch, width) step, nothing for the sparse step's entries.
+        grad_threshold = (-(threshold / bandwidth) * kernel * grad_output).sum_to_size(threshold.shape)
         return grad_pre, grad_threshold, None
 
 
@@ -86,12 +87,18 @@ class StepFunction(torch.autograd.Function):
         pre_activation, threshold = ctx.saved_tensors
         bandwidth = ctx.bandwidth
         kernel = rectangle((pre_activation - threshold) / bandwidth)
-        grad_threshold = (-(1.0 / bandwidth) * kernel * grad_output).sum(dim=0)
+        grad_threshold = (-(1.0 / bandwidth) * kernel * grad_output).sum_to_size(threshold.shape)
         return None, grad_threshold, None
 
 
 class JumpReLU(LearnedBiasMethod):
-    """Learned per-latent thresholds; the sparsity term needs the pre-activations, so it is an auxiliary loss."""
+    """Learned per-latent thresholds; the sparsity term needs the pre-activations, so it is an auxiliary loss.
+
+    On the sparse step the support is every h > theta - epsilon: the active codes and the zero codes
+    inside the band |h - theta| < epsilon/2 where the straight-through estimate reaches theta.
+    """
+
+    sparse_codes = True
 
     def __init__(self, config: JumpReLUConfig, width: int, device="cpu"):
         super().__init__(width, device)
@@ -107,7 +114,25 @@ class JumpReLU(LearnedBiasMethod):
 
     def auxiliary_loss(self, projection, codes, residual, decoder):
         active = StepFunction.apply(self.pre_activation(projection), self.threshold, self.config.bandwidth)
-        l0 = active.sum(dim=1).mean()
+        return self._sparsity_term(active.sum() / projection.shape[0])
+
+    @torch.no_grad()
+    def support(self, projection: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # A whole bandwidth below theta: twice the kernel's half-width, far beyond float rounding.
+        cutoff = self.threshold - self.bias - self.config.bandwidth
+        return (projection > cutoff).nonzero(as_tuple=True)
+
+    def code_values(self, projection_values: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        return JumpReLUFunction.apply(projection_values + self.bias[columns], self.threshold[columns], self.config.bandwidth)
+
+    def sparse_penalty(self, codes, decoder_norms: torch.Tensor) -> torch.Tensor:
+        # The step has no gradient in h, so the bias needs none here either.
+        pre_activation = codes.projections.detach() + self.bias.detach()[codes.columns]
+        active = StepFunction.apply(pre_activation, self.threshold[codes.columns], self.config.bandwidth)
+        return self._sparsity_term(active.sum() / codes.shape[0])
+
+    def _sparsity_term(self, l0: torch.Tensor) -> torch.Tensor:
+        """lambda L0, or lambda (L0 / target - 1)^2 with a target."""
         if self.config.target_l0 is not None:
             return self.config.l0_coefficient * (l0 / self.config.target_l0 - 1).pow(2)
         return self.config.l0_coefficient * l0
