@@ -127,8 +127,8 @@ def step_records(shapes, methods, repeats: int, device, peak: float, with_dense:
         matmul_times = [median_seconds(matmul, repeats)]
         for name in methods:
             variants = [("sparse", True)] if name in ("ba", "gba") else [("default", True)]
-            if name == "gba" and with_dense:
-                variants.append(("dense", False))  # the reference step, for the fast path's speed-up
+            if with_dense and name in ("gba", "topk", "batchtopk", "jumprelu"):  # BA's dense step is GBA's
+                variants.append(("dense", False))  # the reference step, for the sparse step's speed-up
             for variant, sparse in variants:
                 sae = SparseAutoencoder(SAEConfig(width=width), d, torch.Generator().manual_seed(0), device)
                 try:
@@ -200,33 +200,40 @@ def sampler_records(shapes, repeats: int) -> list[dict]:
     return records
 
 
+GRID_SHAPES = ((256, 48, 3, 1024, 1024), (64, 24, 2, 256, 512))
+"""(n, d, s, width, batch) of the small grid points timed: the issue's example at the default
+batch, and the scale of the `frontier` and `gba_sensitivity` grids."""
+
+
 def grid_records(points: int, steps: int) -> list[dict]:
-    """G small grid points (n=256, d=48, width 1024): two workers each training half of them as one
+    """G small grid points of each `GRID_SHAPES`: two workers each training half of them as one
     stacked computation, against one run per point on the same two joblib workers (1 thread each)."""
     from joblib import Parallel, delayed
 
     from simulations.recover import RecoverConfig
 
-    configs = [
-        RecoverConfig.from_settings({"n": 256, "d": 48, "s": 3, "width": 1024, "method": "ba", "target_frequency": "2f",
-                                     "steps": steps, "batch_size": 1024, "device": "cpu", "seed": seed, "eval_samples": 4096})
-        for seed in range(points)
-    ]
-    halves = [list(part) for part in np.array_split(np.array(configs, dtype=object), 2)]
+    records = []
     with Parallel(n_jobs=2, backend="loky") as parallel:
         parallel(delayed(torch.set_num_threads)(1) for _ in range(2))  # start the workers and import torch first
-        started = time.perf_counter()
-        together = [metrics for part in parallel(delayed(_batched_runs)(half) for half in halves) for metrics in part]
-        batched_seconds = time.perf_counter() - started
-        started = time.perf_counter()
-        alone = parallel(delayed(_single_run)(config) for config in configs)
-        joblib_seconds = time.perf_counter() - started
-    difference = max(abs(a["frr_0.9"] - b["frr_0.9"]) for a, b in zip(together, alone))
-    return [{
-        "kind": "grid", "method": "ba", "points": points, "n": 256, "d": 48, "width": 1024, "batch": 1024, "steps": steps,
-        "batched_seconds": batched_seconds, "joblib_seconds": joblib_seconds, "speedup": joblib_seconds / batched_seconds,
-        "max_frr_difference": difference, "device": "cpu",
-    }]
+        for n, d, sparsity, width, batch in GRID_SHAPES:
+            configs = [
+                RecoverConfig.from_settings({"n": n, "d": d, "s": sparsity, "width": width, "method": "ba", "target_frequency": "2f",
+                                             "steps": steps, "batch_size": batch, "device": "cpu", "seed": seed, "eval_samples": 4096})
+                for seed in range(points)
+            ]
+            halves = [list(part) for part in np.array_split(np.array(configs, dtype=object), 2)]
+            started = time.perf_counter()
+            together = [metrics for part in parallel(delayed(_batched_runs)(half) for half in halves) for metrics in part]
+            batched_seconds = time.perf_counter() - started
+            started = time.perf_counter()
+            alone = parallel(delayed(_single_run)(config) for config in configs)
+            joblib_seconds = time.perf_counter() - started
+            records.append({
+                "kind": "grid", "method": "ba", "points": points, "n": n, "d": d, "width": width, "batch": batch, "steps": steps,
+                "batched_seconds": batched_seconds, "joblib_seconds": joblib_seconds, "speedup": joblib_seconds / batched_seconds,
+                "max_frr_difference": max(abs(a["frr_0.9"] - b["frr_0.9"]) for a, b in zip(together, alone)), "device": "cpu",
+            })
+    return records
 
 
 def _batched_runs(configs):
