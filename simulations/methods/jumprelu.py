@@ -94,8 +94,8 @@ class StepFunction(torch.autograd.Function):
 class JumpReLU(LearnedBiasMethod):
     """Learned per-latent thresholds; the sparsity term needs the pre-activations, so it is an auxiliary loss.
 
-    On the sparse step the support is every h > theta - epsilon: the active codes and the zero codes
-    inside the band |h - theta| < epsilon/2 where the straight-through estimate reaches theta.
+    On the sparse step the support is every h > theta - 0.51 epsilon: the active codes and the zero
+    codes inside the band |h - theta| < epsilon/2 where the straight-through estimate reaches theta.
     """
 
     sparse_codes = True
@@ -118,8 +118,9 @@ class JumpReLU(LearnedBiasMethod):
 
     @torch.no_grad()
     def support(self, projection: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # A whole bandwidth below theta: twice the kernel's half-width, far beyond float rounding.
-        cutoff = self.threshold - self.bias - self.config.bandwidth
+        # The kernel's half-width below theta, widened by 1 % of the bandwidth: far beyond float
+        # rounding, so every entry the straight-through estimate reaches is inside.
+        cutoff = self.threshold - self.bias - 0.51 * self.config.bandwidth
         return (projection > cutoff).nonzero(as_tuple=True)
 
     def code_values(self, projection_values: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
