@@ -88,7 +88,8 @@ class Method(nn.Module):
         `projection` are the encoder projections (with gradient), `residual` is x - x_hat
         (detached), `decoder` the decoder rows (width, d). TopK's AuxK loss and JumpReLU's
         straight-through L0 term live here. Only the dense step calls it, so a method with an
-        auxiliary loss reports `sparse_codes = False` while that loss is active.
+        auxiliary loss reports `sparse_codes = False` while that loss is active, unless its
+        `sparse_penalty` computes the same term from the support (JumpReLU).
         """
         return 0.0
 
