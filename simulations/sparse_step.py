@@ -201,10 +201,9 @@ blocks only bound the memory of large batches."""
 def _support_in_blocks(sae: SparseAutoencoder, method: Method, centred: torch.Tensor):
     """(rows, columns, projection values) of the support of the codes; a stack is one block."""
     while True:  # a second round only when `select_support` asks for it (it widened the support)
-        rows, columns, values = _gathered_support(sae, method, centred)
-        keep = method.select_support(rows, columns, values)
-        if keep is not None:
-            return rows[keep], columns[keep], values[keep]
+        selected = method.select_support(*_gathered_support(sae, method, centred))
+        if selected is not None:
+            return selected
 
 
 def _gathered_support(sae: SparseAutoencoder, method: Method, centred: torch.Tensor):

@@ -105,11 +105,11 @@ class Method(nn.Module):
         `projection` must not be modified. Takes the statistics `after_step` needs."""
         raise NotImplementedError
 
-    def select_support(self, rows: torch.Tensor, columns: torch.Tensor, projection_values: torch.Tensor) -> torch.Tensor | None:
-        """Which of the whole batch's `support` entries to keep (a boolean mask), for a rule that
-        needs the whole batch (BatchTopK's top k*B); None when they were too few: the method has
-        widened its `support` and the blocks are gathered again. Keeps them all by default."""
-        return torch.ones_like(rows, dtype=torch.bool)
+    def select_support(self, rows: torch.Tensor, columns: torch.Tensor, projection_values: torch.Tensor) -> tuple | None:
+        """The (rows, columns, projection_values) kept of the whole batch's `support` entries, for a
+        rule that needs the whole batch (BatchTopK's top k*B); None when they were too few: the
+        method has widened its `support` and the blocks are gathered again. Keeps them all by default."""
+        return rows, columns, projection_values
 
     def code_values(self, projection_values: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
         """The codes on the support (with gradients) from their projections; `columns` are their neurons."""

@@ -74,7 +74,7 @@ class BatchTopK(TopK):
         return (projection > self._floor - self.bias).nonzero(as_tuple=True)
 
     @torch.no_grad()
-    def select_support(self, rows, columns, projection_values) -> torch.Tensor | None:
+    def select_support(self, rows, columns, projection_values) -> tuple | None:
         activation = projection_values + self.bias[columns]
         budget = min(round(self.config.k * self._step_samples), self._step_samples * self.bias.numel())
         if activation.numel() < budget and self._floor > 0:
@@ -87,7 +87,7 @@ class BatchTopK(TopK):
         self._floor = None
         self._step_fired[columns[keep]] = True
         self._step_smallest = activation[keep].min() if keep.any() else None
-        return keep
+        return rows[keep], columns[keep], projection_values[keep]
 
     @torch.no_grad()
     def after_step(self, projection: torch.Tensor | None, codes: torch.Tensor | None) -> None:
