@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from simulations.cli import main
-from simulations.methods import METHODS, BatchTopKConfig, JumpReLUConfig, ReluL1Config, TopKConfig
-from simulations.methods.jumprelu import JumpReLUFunction, StepFunction
-from simulations.recover import RecoverConfig, run, sae_tensors
+from simulations.commands.gba import main
+from simulations.engine.methods import METHODS, BatchTopKConfig, JumpReLUConfig, ReluL1Config, TopKConfig
+from simulations.engine.methods.base import Codes
+from simulations.engine.methods.jumprelu import JumpReLUFunction, StepFunction
+from simulations.experiments.export import sae_tensors
+from simulations.experiments.recover import RecoverConfig, run
 from theory.validation import ConfigError
 
 EASY = dict(n=64, d=32, s=2, width=256, steps=500, batch_size=512, device="cpu")
@@ -34,6 +36,13 @@ def projections(seed=0, batch=64, width=48):
     return torch.randn(batch, width, generator=torch.Generator().manual_seed(seed))
 
 
+def step_codes(method, projection):
+    """A step's codes in the sparse form `Method.update` receives."""
+    codes, entries = method.dense_codes(projection)
+    return Codes(codes[entries.rows, entries.columns].detach(), entries.projections, entries.columns, entries.rows,
+                 projection.shape[0])
+
+
 def test_topk_keeps_exactly_k_codes_per_sample():
     method = TopKConfig(k=5).build(48)
     with torch.no_grad():
@@ -55,7 +64,7 @@ def test_batchtopk_keeps_k_per_sample_on_average_and_uses_its_threshold_in_eval(
     per_sample = (codes != 0).sum(dim=1)
     assert per_sample.sum() == 3 * 64 and per_sample.float().mean() == 3
     assert per_sample.min() < 3 < per_sample.max()  # the budget is shared, not per sample
-    method.after_step(projection, codes)
+    method.update(step_codes(method, projection))
     assert method.threshold == codes[codes > 0].min()  # the first estimate starts the average
     method.eval()
     relu = torch.relu(projection + method.bias).detach()
@@ -66,16 +75,17 @@ def test_auxk_trains_only_dead_latents_on_the_residual():
     method = TopKConfig(k=2, aux_coefficient=1.0, aux_k=4, dead_window=100).build(16)
     decoder = torch.randn(16, 8)
     projection = projections(width=16, batch=32).requires_grad_()
-    codes = method.encode(projection)
+    codes = Codes(method.encode(projection), projection, torch.arange(16), None, 32)  # the dense step's form
     residual = torch.randn(32, 8)
-    assert method.auxiliary_loss(projection, codes, residual, decoder) == 0.0  # nobody is dead yet
-    method.after_step(projection.detach(), codes.detach())
+    assert method.loss(codes, residual, decoder) == 0.0  # nobody is dead yet
+    method.update(step_codes(method, projection.detach()))
     method.samples_since_fired[:6] = 100
-    loss = method.auxiliary_loss(projection, codes, residual, decoder)
+    loss = method.loss(codes, residual, decoder)
     loss.backward()
     assert loss > 0
     assert torch.all(method.bias.grad[6:] == 0) and torch.any(method.bias.grad[:6] != 0)
-    method.record_firing(torch.ones(32, 16))  # everyone fires: nobody is dead
+    rows, columns = torch.ones(32, 16).nonzero(as_tuple=True)
+    method.update(Codes(torch.ones(32 * 16), torch.ones(32 * 16), columns, rows, 32))  # everyone fires: nobody is dead
     assert not method.dead().any()
 
 

@@ -3,11 +3,12 @@ import dataclasses
 import numpy as np
 import pytest
 
-from simulations.batched import train_many
-from simulations.methods.bias_adaptation import BiasAdaptationConfig
-from simulations.recover import RecoverConfig, run
-from simulations.sae import SAEConfig
-from simulations.train import TrainConfig
+from simulations.experiments.recover import run_stack
+from simulations.engine.methods import TopKConfig
+from simulations.engine.methods.bias_adaptation import BiasAdaptationConfig
+from simulations.experiments.recover import RecoverConfig, run
+from simulations.engine.sae import SAEConfig
+from simulations.engine.train import TrainConfig
 from theory.model import FeatureModel
 from theory.validation import ConfigError
 
@@ -36,14 +37,16 @@ def test_batched_points_equal_separate_runs(sparse_step):
     first = point(0, sparse_step=sparse_step)
     # The second point differs from the first in its target alone: the two share one data stream.
     same_instance = dataclasses.replace(first, method_config=BiasAdaptationConfig.single(4 * first.model.feature_frequency))
+    # Stacking is generic over methods: a TopK point trains in the same stack.
+    topk = dataclasses.replace(point(3, sparse_step=sparse_step), method="topk", method_config=TopKConfig(k=2, dead_window=2048))
     configs = [first, same_instance, point(1, s=3, groups=4, sparse_step=sparse_step),
-               point(2, activation="relu", sparse_step=sparse_step)]
-    together = train_many(configs)
+               point(2, activation="relu", sparse_step=sparse_step), topk]
+    together = run_stack(configs)
     for config, batched in zip(configs, together):
         alone = run(config)
         # Adam turns rounding differences (bmm vs mm, summation order) into up to ~lr = 3e-3.
         np.testing.assert_allclose(batched.sae.decoder_weight.detach(), alone.sae.decoder_weight.detach(), atol=5e-3)
-        np.testing.assert_allclose(batched.method.bias, alone.method.bias, atol=1e-3)
+        np.testing.assert_allclose(batched.method.bias.detach(), alone.method.bias.detach(), atol=1e-3)
         assert list(batched.history.columns) == list(alone.history.columns)
         np.testing.assert_allclose(batched.history["loss"], alone.history["loss"], rtol=5e-3)
         for key in ("frr_0.8", "mean_max_cosine", "l0", "dead_fraction", "explained_variance"):
@@ -53,5 +56,5 @@ def test_batched_points_equal_separate_runs(sparse_step):
 
 def test_points_with_different_shapes_are_refused():
     with pytest.raises(ConfigError, match="configs"):
-        train_many([point(0), dataclasses.replace(point(1), sae=SAEConfig(width=64))])
-    assert train_many([]) == []
+        run_stack([point(0), dataclasses.replace(point(1), sae=SAEConfig(width=64))])
+    assert run_stack([]) == []

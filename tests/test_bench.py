@@ -3,13 +3,14 @@ import json
 import pytest
 import torch
 
-from simulations import bench
-from simulations.cli import build_parser
+from simulations.benchmark import run as bench
+from simulations.commands import bench as bench_command
+from simulations.commands.gba import build_parser
 
 
 def test_bench_is_a_gba_command():
     args = build_parser().parse_args(["bench", "--quick", "--json", "out.json"])
-    assert args.quick and str(args.json) == "out.json" and args.handler is bench.handle
+    assert args.quick and str(args.json) == "out.json" and args.handler is bench_command.handle
 
 
 def test_controller_record_states_time_and_memory():
@@ -19,7 +20,7 @@ def test_controller_record_states_time_and_memory():
     assert record["buffered_bytes"] == 512 * record["update_interval"] * 4
 
 
-def test_step_records_have_the_issue_keys_and_a_table(tmp_path):
+def test_step_records_have_their_keys_and_a_table(tmp_path):
     records = bench.step_records([(16, 256)], ["gba"], 2, torch.device("cpu"), peak=100.0, with_dense=True)
     assert [r["variant"] for r in records] == ["sparse", "dense"]
     for record in records:

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from simulations.methods.bias_adaptation import BiasAdaptationConfig, BiasController, group_assignment
+from simulations.engine.methods.bias_adaptation import BiasAdaptationConfig, BiasController, group_assignment
 from theory.validation import ConfigError
 
 

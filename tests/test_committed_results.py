@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from simulations.grid import GridSpec
+from simulations.experiments.grid import GridSpec
 from theory.conditions import check_data
 from theory.model import SyntheticData
 
@@ -17,11 +17,11 @@ TABLES = sorted(RESULTS.glob("*/results.csv"))
 @pytest.mark.parametrize("table_path", TABLES, ids=lambda path: path.parent.name)
 def test_a_committed_table_matches_its_spec_and_its_instances_conditions(table_path):
     name = table_path.parent.name
-    spec = GridSpec.from_toml(Path("simulations/grids") / f"{name}.toml")
+    spec = GridSpec.from_toml(Path("simulations/specs") / f"{name}.toml")
     points = {point.key: point for point in spec.points()}
     table = pd.read_csv(table_path)
     assert set(table["key"]) == set(points), (
-        f"{table_path} does not hold exactly the points of simulations/grids/{name}.toml. If a config field was added, "
+        f"{table_path} does not hold exactly the points of simulations/specs/{name}.toml. If a config field was added, "
         "pin the value that reproduces the committed runs in the spec's [fixed] table (as sparse_step = false) and "
         "re-key the stored points, or re-run the spec; then `gba grid table`, `gba figures`, `gba checks`.")
     # Re-measure H1-H3 and V1 on the instance of two points of the table: the stored columns must match.

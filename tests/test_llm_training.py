@@ -12,14 +12,14 @@ import torch
 from safetensors.numpy import load_file
 from safetensors.torch import save_file
 
-from simulations.export import export_saelens
-from simulations.llm import runs as llm_runs
-from simulations.llm.data import shuffled_batches
-from simulations.llm.evaluate import consistency, encode_in_model_units, frequency_histograms, reconstruction_metrics
-from simulations.llm.runs import LLMRunConfig, load_run, train_run
-from simulations.methods import METHODS
-from simulations.sae import SAEConfig, SparseAutoencoder
-from simulations.train import Checkpoint, TrainConfig, train
+from simulations.experiments.export import export_saelens
+from simulations.experiments.llm import runs as llm_runs
+from simulations.experiments.llm.data import shuffled_batches
+from simulations.experiments.llm.evaluate import consistency, encode_in_model_units, frequency_histograms, reconstruction_metrics
+from simulations.experiments.llm.runs import LLMRunConfig, load_run, train_run
+from simulations.engine.methods import METHODS
+from simulations.engine.sae import SAEConfig, SparseAutoencoder
+from simulations.engine.train import Checkpoint, TrainConfig, train
 from theory.validation import ConfigError
 
 D = 24

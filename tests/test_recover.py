@@ -6,11 +6,11 @@ import pytest
 import torch
 from safetensors.numpy import load_file, save_file
 
-from simulations.cli import main
-from simulations.methods.bias_adaptation import BiasAdaptationConfig
-from simulations.recover import RecoverConfig, run, save
-from simulations.sae import SAEConfig
-from simulations.train import TrainConfig
+from simulations.commands.gba import main
+from simulations.engine.methods.bias_adaptation import BiasAdaptationConfig
+from simulations.experiments.recover import RecoverConfig, run, save
+from simulations.engine.sae import SAEConfig
+from simulations.engine.train import TrainConfig
 from theory.model import FeatureModel
 from theory.validation import ConfigError
 

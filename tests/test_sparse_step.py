@@ -4,16 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-import simulations.sparse_step as sparse_step
-import simulations.train as train_module
-from simulations.methods.batchtopk import BatchTopKConfig
-from simulations.methods.bias_adaptation import BiasAdaptationConfig
-from simulations.methods.jumprelu import JumpReLUConfig
-from simulations.methods.topk import TopKConfig
-from simulations.recover import RecoverConfig, run
-from simulations.sae import SAEConfig, SparseAutoencoder
-from simulations.sparse_step import dense_forward, sparse_forward
-from simulations.train import TrainConfig
+import simulations.engine.step as sparse_step
+import simulations.engine.train as train_module
+from simulations.engine.methods.base import Projections
+from simulations.engine.methods.batchtopk import BatchTopKConfig
+from simulations.engine.methods.bias_adaptation import BiasAdaptationConfig
+from simulations.engine.methods.jumprelu import JumpReLUConfig
+from simulations.engine.methods.topk import TopKConfig
+from simulations.experiments.recover import RecoverConfig, run
+from simulations.engine.sae import SAEConfig, SparseAutoencoder
+from simulations.engine.step import dense_forward, sparse_forward
+from simulations.engine.train import TrainConfig
 from theory.model import FeatureModel
 
 D, WIDTH, BATCH = 24, 384, 300
@@ -42,7 +43,7 @@ def gradients(forward, sae, method, x):
     sae.zero_grad(set_to_none=True)
     result = forward(sae, method, x)
     (result.loss + result.penalty).sum().backward()
-    method.after_step(result.projection, result.codes)
+    method.update(result.codes)
     return result, {name: p.grad.clone() for name, p in sae.named_parameters() if p.requires_grad}
 
 
@@ -77,7 +78,7 @@ def test_sparse_step_updates_the_biases_like_the_dense_step():
     for _ in range(4):
         for forward, method in ((dense_forward, dense_method), (sparse_forward, sparse_method)):
             result = forward(sae, method, x)
-            method.after_step(result.projection, result.codes)
+            method.update(result.codes)
         assert torch.equal(dense_method.bias, sparse_method.bias)
     assert dense_method.controller.updates == sparse_method.controller.updates == 2
     assert (sparse_method.bias < 0).any()
@@ -132,12 +133,12 @@ def test_topk_sparse_step_gradients_and_firing_equal_the_dense_step(k, monkeypat
     for name, forward, method in (("dense", dense_forward, dense_method), ("sparse", sparse_forward, sparse_method)):
         with torch.no_grad():
             method.bias.copy_(bias)
-        assert method.sparse_codes
+        assert not method.needs_dense_step
         sae.zero_grad(set_to_none=True)
         method.zero_grad(set_to_none=True)
         result = forward(sae, method, x)
         (result.loss + result.penalty).sum().backward()
-        method.after_step(result.projection, result.codes)
+        method.update(result.codes)
         grads[name] = {"bias": method.bias.grad.clone(), **{n: p.grad.clone() for n, p in sae.named_parameters()}}
         grads[name + "_counts"] = result.neuron_counts
     assert torch.equal(grads["dense_counts"], grads["sparse_counts"])
@@ -150,30 +151,30 @@ def test_topk_sparse_step_gradients_and_firing_equal_the_dense_step(k, monkeypat
 
 def test_topk_takes_the_dense_step_while_auxk_is_active():
     method = TopKConfig(k=2, dead_window=10).build(8)
-    assert method.sparse_codes
+    assert not method.needs_dense_step
     method.samples_since_fired[3] = 10  # latent 3 is dead: AuxK needs every projection
-    assert not method.sparse_codes
+    assert method.needs_dense_step
     without_auxk = TopKConfig(k=2, dead_window=10, aux_coefficient=0.0).build(8)
     without_auxk.samples_since_fired[3] = 10
-    assert without_auxk.sparse_codes
+    assert not without_auxk.needs_dense_step
 
 
 def compare_steps(config, prepare_method, monkeypatch, steps=1):
     """Dense and sparse steps of `config`'s method on the same SAE and batch: gradients of every
-    parameter (SAE and method), active counts and the methods' state after `after_step`."""
+    parameter (SAE and method), active counts and the methods' state after `update`."""
     monkeypatch.setattr(sparse_step, "BLOCK_ELEMENTS", 64 * WIDTH)  # several blocks of rows
     sae, _, x = setup(True, "jumprelu", True, -0.2)
     results = {}
     for name, forward in (("dense", dense_forward), ("sparse", sparse_forward)):
         method = config.build(WIDTH)
         prepare_method(method)
-        assert method.sparse_codes
+        assert not method.needs_dense_step
         for _ in range(steps):
             sae.zero_grad(set_to_none=True)
             method.zero_grad(set_to_none=True)
             result = forward(sae, method, x)
             (result.loss + result.penalty).sum().backward()
-            method.after_step(result.projection, result.codes)
+            method.update(result.codes)
         gradients = {n: p.grad.clone() for n, p in [*sae.named_parameters(), *method.named_parameters()]}
         results[name] = (result, gradients, method)
     (dense, dense_gradients, dense_method), (sparse, sparse_gradients, sparse_method) = results["dense"], results["sparse"]
@@ -198,16 +199,24 @@ def test_jumprelu_sparse_step_gradients_equal_the_dense_step(target_l0, threshol
     dense, method, _ = compare_steps(config, spread_thresholds, monkeypatch)
     # The straight-through estimate reached theta through zero codes inside the band, too.
     with torch.no_grad():
-        pre_activation = dense.projection + method.bias
-        inside_band = ((pre_activation - method.threshold).abs() < config.bandwidth / 2) & (pre_activation <= method.threshold)
+        columns = dense.codes.columns
+        pre_activation = dense.codes.projections + method.bias[columns]
+        threshold = method.threshold[columns]
+        inside_band = ((pre_activation - threshold).abs() < config.bandwidth / 2) & (pre_activation <= threshold)
     assert int(inside_band.sum()) > 0
     assert 0 < int(dense.neuron_counts.sum()) < 0.2 * BATCH * WIDTH
 
 
 def count_rounds(monkeypatch) -> list:
-    """Records each gathering of the support blocks."""
-    rounds, gathered = [], sparse_step._gathered_support
-    monkeypatch.setattr(sparse_step, "_gathered_support", lambda *args: rounds.append(1) or gathered(*args))
+    """Records each pass of the sparse step over its blocks of projections."""
+    rounds, blocks = [], Projections.blocks
+
+    def counted(projections):
+        if not hasattr(projections, "_matrix"):  # computed block by block: the sparse step's
+            rounds.append(1)
+        return blocks(projections)
+
+    monkeypatch.setattr(Projections, "blocks", counted)
     return rounds
 
 

@@ -1,0 +1,1 @@
+"""The benchmark (`gba bench`): step, controller, sampler, stacked-grid, bf16 and SAELens timings."""

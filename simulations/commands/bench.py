@@ -1,0 +1,25 @@
+"""`gba bench`: time the training step, controller, sampler, stacked grids, bf16 and SAELens."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from simulations.benchmark.run import run_bench, table
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("bench", help="time the training step, controller, sampler, batched grids, bf16 and SAELens")
+    parser.add_argument("--quick", action="store_true", help="two shapes, GBA only, short grid and bf16 runs (~1-2 min idle)")
+    parser.add_argument("--json", type=Path, default=None, help="write the records to this JSON file")
+    parser.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    records = run_bench(args.quick)
+    print(table(records))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(records, indent=1) + "\n")
+    return 0

@@ -1,0 +1,26 @@
+"""`gba export RUN_DIR --to saelens OUT_DIR`: a saved SAE in SAELens's format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from simulations.experiments.export import export_saelens
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="convert a saved SAE to SAELens's format",
+        description="Write cfg.json + sae_weights.safetensors that sae_lens.SAE.load_from_disk reads "
+        "(JumpReLU, or TopK for TopK SAEs), for a run saved by gba recover --save or gba llm train.",
+    )
+    parser.add_argument("run_dir", type=Path, help="directory with sae.safetensors and config.json")
+    parser.add_argument("--to", choices=["saelens"], default="saelens", help="target format")
+    parser.add_argument("out_dir", type=Path, help="directory to write")
+    parser.set_defaults(handler=handle)
+
+
+def handle(args) -> int:
+    out = export_saelens(args.run_dir, args.out_dir)
+    print(f"wrote {out / 'cfg.json'} and {out / 'sae_weights.safetensors'}")
+    return 0

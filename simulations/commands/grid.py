@@ -1,0 +1,71 @@
+"""`gba grid run|table|status`: run a TOML grid of recovery runs resumably, gather its table."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from simulations.experiments.grid import GridSpec, grid_status, run_grid, write_table
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "grid",
+        help="run a grid spec (simulations/specs/*.toml) resumably, tabulate it, show its status",
+        description="Grids of recovery runs. Each finished point is written atomically under a hash of its "
+        "full config, so re-running a spec skips finished points.",
+    )
+    actions = parser.add_subparsers(dest="grid_action", required=True, parser_class=type(parser))
+
+    run = actions.add_parser("run", help="run every unfinished point of SPEC",
+                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    run.add_argument("spec", type=Path, help="grid spec, a TOML file")
+    run.add_argument("--out", type=Path, required=True, help="output directory (points/, grid.json, results.*)")
+    run.add_argument("--jobs", type=int, default=1,
+                     help="parallel points: 1 = this process with --threads torch threads (big points); "
+                     "N > 1 = N loky workers with one thread each (many small points)")
+    run.add_argument("--threads", type=int, default=None, help="torch threads when --jobs 1 (default: torch's choice)")
+    run.add_argument("--backend", choices=["loky", "dask"], default="loky")
+    run.add_argument("--scheduler", help="Dask scheduler address for --backend dask (tcp://HOST:PORT)")
+    run.add_argument("--reuse", type=Path, nargs="+", default=[], metavar="DIR",
+                     help="other grids' output directories whose finished points with the same config are copied, not re-run")
+    run.add_argument("--stack", type=int, default=1,
+                     help="up to this many points of equal shapes train as one batched computation (for GPUs: "
+                     "on the 2-core CPU it measured no faster than one point per worker, see `gba bench`); 1 = each alone")
+    run.add_argument("--no-table", action="store_true", help="do not write results.csv/.parquet at the end")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(handler=handle_run)
+
+    table = actions.add_parser("table", help="write DIR/results.csv, DIR/results.parquet and DIR/history.csv")
+    table.add_argument("out", type=Path, help="a grid's output directory")
+    table.set_defaults(handler=handle_table)
+
+    status = actions.add_parser("status", help="how many points of DIR are finished")
+    status.add_argument("out", type=Path, help="a grid's output directory")
+    status.set_defaults(handler=handle_status)
+
+
+def handle_run(args) -> int:
+    spec = GridSpec.from_toml(args.spec)
+    counts = run_grid(spec, args.out, jobs=args.jobs, backend=args.backend, scheduler=args.scheduler,
+                      threads=args.threads, progress=not args.quiet, reuse=tuple(args.reuse),
+                      stack=args.stack)
+    print(f"{spec.name}: {counts['total']} points, {counts['skipped']} already done, {counts['reused']} reused, "
+          f"{counts['ran']} ran")
+    if not args.no_table:
+        csv, _, _ = write_table(args.out)
+        print(f"table: {csv}")
+    return 0
+
+
+def handle_table(args) -> int:
+    for path in write_table(args.out):
+        print(path)
+    return 0
+
+
+def handle_status(args) -> int:
+    status = grid_status(args.out)
+    print(f"{status['name']}: {status['done']}/{status['total']} points done, {status['remaining']} remaining, "
+          f"{status['wall_seconds_done']:.0f} s of training done")
+    return 0

@@ -1,0 +1,226 @@
+"""`gba recover`: train one SAE on one synthetic instance and report what it recovered."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from simulations.engine.methods import METHODS
+from simulations.engine.methods.base import field_docs
+from simulations.engine.methods.bias_adaptation import BiasAdaptationConfig, frequency_setting
+from simulations.engine.sae import SAEConfig
+from simulations.engine.train import TrainConfig
+from simulations.experiments.recover import RecoverConfig, run, save
+from theory.model import FeatureModel
+from theory.validation import ConfigError
+
+DEFAULT_TARGET = "2f"
+"""BA's default target frequency: twice the feature frequency f = s/n."""
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "recover",
+        help="train one SAE on planted features and report the feature recovery rate",
+        description="Plant n unit-norm features in d dimensions, train a bias-adapted SAE on "
+        "s-sparse non-negative mixtures of them, and report FRR, MCC, L0 and dead fraction.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    model = parser.add_argument_group("statistical model")
+    model.add_argument("--n", type=int, default=256, help="number of features")
+    model.add_argument("--d", type=int, default=48, help="ambient dimension")
+    model.add_argument("--s", type=int, nargs="+", default=[3], help="features per sample (several values mix)")
+    model.add_argument("--coefficients", choices=["constant", "uniform"], default="constant")
+    model.add_argument("--coefficient-range", type=float, nargs=2, default=[0.5, 1.5], metavar=("LOW", "HIGH"))
+    model.add_argument("--frequency-decay", type=float, default=0.0, help="Zipf exponent of feature frequencies")
+    model.add_argument("--noise-std", type=float, default=0.0)
+    model.add_argument("--features", type=Path, help="safetensors file with tensor V (n x d); overrides --n/--d")
+
+    sae = parser.add_argument_group("autoencoder")
+    sae.add_argument("--width", type=int, default=1024, help="number of neurons M")
+    sae.add_argument("--untied", action="store_true", help="separate encoder and decoder matrices")
+    sae.add_argument("--initial-scale", type=float, default=SAEConfig.initial_scale)
+
+    method = parser.add_argument_group("method")
+    method.add_argument("--method", choices=list(METHODS), default="ba")
+    method.add_argument("--target-frequency", default=DEFAULT_TARGET, help="BA's target p: a number or a multiple of f ('2f')")
+    method.add_argument("--groups", type=int, default=10, help="GBA: number of groups K")
+    method.add_argument("--htf", default="4f", help="GBA: highest target frequency (number or multiple of f)")
+    method.add_argument("--ltf", default="0.25f", help="GBA: lowest target frequency (number or multiple of f)")
+    method.add_argument("--bias-decrease-rate", type=float, default=BiasAdaptationConfig.bias_decrease_rate, help="gamma_minus")
+    method.add_argument("--bias-increase-rate", type=float, default=BiasAdaptationConfig.bias_increase_rate, help="gamma_plus")
+    method.add_argument("--dead-frequency", type=float, default=BiasAdaptationConfig.dead_frequency, help="epsilon")
+    method.add_argument("--update-interval", type=int, default=None, help="samples between bias updates (default: max(8192, 20/lowest target))")
+    method.add_argument("--activation", choices=["jumprelu", "relu"], default="jumprelu")
+    add_method_flags(parser.add_argument_group("baseline methods (defaults: the method's config)"))
+
+    training = parser.add_argument_group("training")
+    training.add_argument("--steps", type=int, default=TrainConfig.steps)
+    training.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    training.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate)
+    training.add_argument("--seed", type=int, default=0, help="seed of V, the SAE initialisation and the data")
+    training.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    training.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+    output = parser.add_argument_group("output")
+    output.add_argument("--save", type=Path, help="directory for features, SAE weights, config and metrics")
+    output.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    output.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=handle)
+
+
+def load_features(path: Path) -> np.ndarray:
+    """The tensor V of a safetensors file, checked to be a finite 2-D matrix."""
+    from safetensors.numpy import load_file
+
+    if not path.is_file():
+        raise ConfigError(f"features: no such file {str(path)!r}")
+    tensors = load_file(str(path))
+    if "V" not in tensors:
+        raise ConfigError(f"features: {str(path)!r} has no tensor named 'V' (found {sorted(tensors)})")
+    features = tensors["V"]
+    if features.ndim != 2 or features.shape[0] < 1 or features.shape[1] < 1:
+        raise ConfigError(f"features: V must be a non-empty n x d matrix, got shape {features.shape}")
+    return features
+
+
+def baseline_fields() -> dict[str, list[tuple[str, dataclasses.Field, str]]]:
+    """Field name -> [(method, field, doc)] for every method config other than BA/GBA's."""
+    fields: dict[str, list] = {}
+    for name, config_class in METHODS.items():
+        if config_class is BiasAdaptationConfig:
+            continue
+        docs = field_docs(config_class)
+        for field in dataclasses.fields(config_class):
+            fields.setdefault(field.name, []).append((name, field, docs.get(field.name, "")))
+    return fields
+
+
+def flag_type(field: dataclasses.Field):
+    """argparse type of a config field from its annotation ('int', 'float | None', 'bool', ...)."""
+    annotation = str(field.type)
+    if annotation.startswith("bool"):
+        return lambda text: {"true": True, "false": False}[text.lower()]
+    if annotation.startswith("int"):
+        return int
+    if annotation.startswith("float"):
+        return float
+    return str
+
+
+def add_method_flags(group) -> None:
+    """One flag per field of each baseline's config (--k, --l1-coefficient, ...), so new methods need no CLI code."""
+    for name, owners in baseline_fields().items():
+        methods = ", ".join(method for method, _, _ in owners)
+        field, doc = owners[0][1], owners[0][2]
+        default = field.default if field.default is not dataclasses.MISSING else None
+        group.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=f"method_{name}",
+            type=flag_type(field),
+            default=argparse.SUPPRESS,  # absent -> the config's default, stated in the help
+            metavar=name.upper() if field.type != "bool" else "true|false",
+            help=f"[{methods}] {doc} (default: {default})".replace("%", "%%"),
+        )
+
+
+def baseline_settings(args) -> dict:
+    """The baseline flags given on the command line; one that the chosen method lacks is an error."""
+    given = {name: getattr(args, f"method_{name}") for name in baseline_fields() if hasattr(args, f"method_{name}")}
+    own = METHODS[args.method].setting_names()
+    for name in given:
+        if name not in own:
+            raise ConfigError(f"{name}: not a setting of method {args.method!r} (its settings: {', '.join(sorted(own))})")
+    return given
+
+
+def config_from_args(args, features: np.ndarray | None) -> RecoverConfig:
+    """Validate every setting and assemble the run's config (raises ConfigError before any work)."""
+    n, d = (features.shape if features is not None else (args.n, args.d))
+    model = FeatureModel(
+        n=n,
+        d=d,
+        sparsity=args.s[0] if len(args.s) == 1 else tuple(args.s),
+        coefficients=args.coefficients,
+        coefficient_range=tuple(args.coefficient_range),
+        frequency_decay=args.frequency_decay,
+        noise_std=args.noise_std,
+        seed=args.seed,
+    )
+    f = model.feature_frequency
+    rule = dict(
+        bias_decrease_rate=args.bias_decrease_rate,
+        bias_increase_rate=args.bias_increase_rate,
+        dead_frequency=args.dead_frequency,
+        update_interval=args.update_interval,
+        activation=args.activation,
+    )
+    settings = baseline_settings(args)
+    if METHODS[args.method] is not BiasAdaptationConfig:
+        method_config = METHODS[args.method].from_settings(settings, f)
+    elif args.method == "ba":
+        method_config = BiasAdaptationConfig.single(frequency_setting(args.target_frequency, f, "target_frequency"), **rule)
+    else:
+        method_config = BiasAdaptationConfig(
+            highest_target=frequency_setting(args.htf, f, "htf"),
+            lowest_target=frequency_setting(args.ltf, f, "ltf"),
+            groups=args.groups,
+            **rule,
+        )
+    return RecoverConfig(
+        model=model,
+        sae=SAEConfig(width=args.width, tied=not args.untied, initial_scale=args.initial_scale),
+        method=args.method,
+        method_config=method_config,
+        train=TrainConfig(
+            steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate, device=args.device
+        ),
+        seed=args.seed,
+    )
+
+
+def handle(args) -> int:
+    features = load_features(args.features) if args.features is not None else None
+    config = config_from_args(args, features)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"threads: must be an integer >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    result = run(config, features=features, progress=not args.quiet)
+    if args.save is not None:
+        save(result, args.save)
+    metrics = result.metrics
+    if args.json:
+        print(json.dumps({k: v for k, v in metrics.items() if k != "groups"}, indent=2))
+    else:
+        print(report(config, metrics))
+    if args.save is not None:
+        print(f"saved to {args.save}")
+    return 0
+
+
+def report(config: RecoverConfig, metrics: dict) -> str:
+    """A short human-readable summary of one run."""
+    model = config.model
+    lines = [
+        f"n={model.n} d={model.d} s={model.sparsity} (f={model.feature_frequency:.4g}) width={config.sae.width} "
+        f"method={config.method} seed={config.seed}",
+        f"FRR(0.8)  {metrics['frr_0.8']:.3f}   (random init {metrics['frr_init_0.8']:.3f})",
+        f"FRR(0.9)  {metrics['frr_0.9']:.3f}   (random init {metrics['frr_init_0.9']:.3f})",
+        f"MCC       {metrics['mcc']:.3f}",
+        f"L0        {metrics['l0']:.2f}    (true mean s = {model.mean_sparsity:g})",
+        f"dead      {metrics['dead_fraction']:.3f}",
+        f"EV        {metrics['explained_variance']:.3f}",
+    ]
+    for k, group in enumerate(metrics.get("groups", [])):
+        lines.append(
+            f"group {k}: target {group['target_frequency']:.3g}  mean frequency {group['mean_frequency']:.3g}  "
+            f"above target {group['fraction_above_target']:.3f}"
+        )
+    lines.append(f"wall      {metrics['wall_seconds']:.1f} s")
+    return "\n".join(lines)

@@ -1,0 +1,143 @@
+"""The one evaluator: what a trained SAE does on a stream of inputs and, when the true features
+are known, which of them it recovered. `gba recover`, the grid and the LLM track all call it.
+
+Built on `theory.metrics`: FRR, MCC and the best-neuron matching from the decoder rows,
+reconstruction statistics (EV, normalised MSE, FVU) streamed over batches, dead fraction. Per
+neuron it counts activations (and, on request, the moments behind the Z-score); for methods
+with target frequencies (BA/GBA) it compares the realised frequencies with the targets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from simulations.engine.methods.base import Method
+from simulations.engine.sae import SparseAutoencoder, normalise
+from theory.metrics import ReconstructionStats, dead_fraction, max_cosine, mcc
+
+MARGIN_SIGMAS = 4
+"""A neuron is above its target when its frequency exceeds it by this many binomial standard
+deviations of the evaluation sample (sampling noise alone exceeds 4 sigma about once in 30,000)."""
+
+
+@dataclass
+class Evaluation:
+    """Scalar metrics, one row per neuron, and each true feature's best neuron (when features are known)."""
+
+    metrics: dict
+    """Scalar metrics (and `groups`: per-group summaries for methods with target frequencies)."""
+    neurons: pd.DataFrame
+    """Per neuron: group, frequency (and max activation, mean, Z-score when asked for)."""
+    best_cosine: np.ndarray | None = None
+    """Each true feature's largest cosine with a decoder row."""
+    best_neuron: np.ndarray | None = None
+    """The neuron attaining it."""
+
+
+@torch.no_grad()
+def evaluate(
+    sae: SparseAutoencoder,
+    method: Method,
+    batches: Iterable[torch.Tensor],
+    *,
+    normalise_inputs: bool = True,
+    features: np.ndarray | None = None,
+    neuron_moments: bool = False,
+) -> Evaluation:
+    """Evaluate `sae` with `method`'s inference rule on `batches` (raw inputs on the SAE's device).
+
+    The SAE sees each input scaled to unit norm when `normalise_inputs` (as in training); EV and
+    normalised MSE are then measured on the unit-norm inputs, and FVU and MSE also in the inputs'
+    own units (the reconstruction times the input's norm). With `features` (the true V), the
+    decoder rows are matched to them. `neuron_moments` adds each neuron's mean, max and Z-score.
+    """
+    method.eval()
+    width = sae.width
+    unit_stats, raw_stats = ReconstructionStats(), ReconstructionStats()
+    counts = torch.zeros(width, device=sae.weight.device)
+    moments = torch.zeros(3, width, dtype=torch.float64)  # sum, sum of squares, max
+    active_total, samples = 0.0, 0
+    for x in batches:
+        unit = normalise(x) if normalise_inputs else x
+        codes = method.encode(sae.project(unit))
+        reconstruction = sae.decode(codes)
+        unit_stats.update(unit.cpu().numpy(), reconstruction.cpu().numpy())
+        if normalise_inputs:
+            raw_stats.update(x.cpu().numpy(), (reconstruction * x.norm(dim=-1, keepdim=True)).cpu().numpy())
+        active = codes != 0
+        counts += active.sum(dim=0)
+        active_total += float(active.sum())
+        samples += x.shape[0]
+        if neuron_moments:
+            codes = codes.double().cpu()
+            moments[0] += codes.sum(dim=0)
+            moments[1] += codes.pow(2).sum(dim=0)
+            torch.maximum(moments[2], codes.amax(dim=0), out=moments[2])
+    frequency = (counts / samples).cpu()
+    metrics = {}
+    best = best_neuron = None
+    if features is not None:
+        decoder = sae.decoder_weight.cpu().numpy()
+        best, best_neuron = max_cosine(features, decoder)
+        metrics.update({
+            "frr_0.8": float(np.mean(best >= 0.8)),
+            "frr_0.9": float(np.mean(best >= 0.9)),
+            "mean_max_cosine": float(np.mean(best)),
+            "mcc": mcc(features, decoder),
+        })
+    metrics.update({
+        "l0": active_total / samples,
+        "dead_fraction": dead_fraction(counts.cpu().numpy()),
+        "explained_variance": unit_stats.explained_variance,
+        "normalised_mse": unit_stats.normalised_mse,
+        "mean_activation_frequency": float(frequency.mean()),
+    })
+    if normalise_inputs:
+        metrics.update(fvu=raw_stats.fraction_of_variance_unexplained, mse=raw_stats.mse)
+    frequency64 = frequency.numpy().astype(np.float64)
+    live = frequency64 > 0
+    metrics["median_live_frequency"] = float(np.median(frequency64[live])) if live.any() else 0.0
+    if best_neuron is not None:
+        # The neurons that carry the features: the realised frequency to set beside f.
+        metrics["matched_frequency"] = float(np.median(frequency64[best_neuron]))
+    neurons = pd.DataFrame({"neuron": np.arange(width), "frequency": frequency.numpy()})
+    targets = method.frequency_targets()
+    neurons["group"] = targets.group_of_neuron.cpu().numpy() if targets is not None else 0
+    if targets is not None:
+        metrics.update(_target_metrics(targets, frequency, samples, best, best_neuron))
+    if neuron_moments:
+        mean = moments[0] / samples
+        std = (moments[1] / samples - mean.pow(2)).clamp_min(0).sqrt()
+        z_score = torch.where(std > 0, (moments[2] - mean) / std.clamp_min(1e-30), torch.zeros_like(std))
+        neurons["max_activation"], neurons["mean_activation"], neurons["z_score"] = moments[2].numpy(), mean.numpy(), z_score.numpy()
+    return Evaluation(metrics, neurons, best, best_neuron)
+
+
+def _target_metrics(targets, frequency: torch.Tensor, samples: int, best, best_neuron) -> dict:
+    """Realised frequencies against the targets: per group, and the share above target overall."""
+    group_of_neuron = targets.group_of_neuron.cpu()
+    groups = []
+    for k, target in enumerate(targets.targets):
+        members = frequency[group_of_neuron == k]
+        groups.append({
+            "target_frequency": float(target),
+            "mean_frequency": float(members.mean()),
+            "max_frequency": float(members.max()),
+            "fraction_above_target": float((members > target).float().mean()),
+            "frequencies": members.tolist(),
+        })
+    out = {"groups": groups}
+    if best_neuron is not None and len(groups) > 1:
+        # Which groups carry the recovered features (best neuron at cosine >= 0.9).
+        out["recovered_per_group"] = np.bincount(group_of_neuron.numpy()[best_neuron[best >= 0.9]], minlength=len(groups)).tolist()
+    frequency, adjustable = frequency.numpy().astype(np.float64), targets.adjustable.cpu().numpy()
+    target = targets.targets.double().numpy()[group_of_neuron.numpy()]
+    limit = target + MARGIN_SIGMAS * np.sqrt(target / samples)
+    out["fraction_above_target"] = float(np.mean(frequency[adjustable] > limit[adjustable])) if adjustable.any() else 0.0
+    out["biases_in_range"] = bool(targets.in_range)
+    return out

@@ -1,0 +1,242 @@
+"""The interface every training method implements, and the small types it speaks in.
+
+A method turns the encoder projections p = w_m . (x - b_pre) of a batch into codes. It answers
+four questions, one hook each:
+
+- `support(projections)`: where can a code (or its gradient) be non-zero? No gradients, no
+  side effects. A method with a per-neuron threshold only defines `cutoff`.
+- `code_values(projection_values, columns)`: the codes there, with gradients, elementwise.
+- `loss(codes, residual, decoder)`: what it adds to the reconstruction loss (0 by default).
+- `update(codes)`: what it changes after the optimiser step (a controller, a running
+  threshold, dead-latent counts); nothing by default.
+
+The training step (`simulations.engine.step`) builds both its dense reference form and its
+sparse form from these hooks, so the two cannot drift apart; `encode` is the dense form, used
+for evaluation. A method's trained parameters (a learned bias or threshold) train with the
+SAE's; its buffers (an adapted bias) do not.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from theory.validation import ConfigError
+
+
+class MethodConfig:
+    """Base of the frozen method configs: `build` makes the method for an SAE of a given width."""
+
+    def build(self, width: int, device="cpu") -> "Method":
+        raise NotImplementedError
+
+    def check(self, method: str, width: int) -> None:
+        """Checks that need the method's name or the SAE's width (raise ConfigError); none by default."""
+
+    @classmethod
+    def setting_names(cls) -> set[str]:
+        """Names accepted by `from_settings`: the config's fields."""
+        return {f.name for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def from_settings(cls, settings: dict, feature_frequency: float) -> "MethodConfig":
+        """The config from flat settings (grid specs, CLI); `feature_frequency` f lets settings be relative to f."""
+        return cls(**settings)
+
+
+def field_docs(config_class: type) -> dict[str, str]:
+    """The docstring written under each field of a config dataclass (its own and inherited ones)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(config_class.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        body = ast.parse(inspect.getsource(klass)).body[0].body
+        for statement, following in zip(body, body[1:]):
+            if (
+                isinstance(statement, ast.AnnAssign)
+                and isinstance(following, ast.Expr)
+                and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)
+            ):
+                docs[statement.target.id] = " ".join(following.value.value.split())
+    return docs
+
+
+class Projections:
+    """The (batch, width) encoder projections of one batch, computed block by block on demand.
+
+    The sparse step never holds the whole matrix: each pass over `blocks()` recomputes it in
+    blocks of rows, and a method keeps only the entries it selects. The dense step and
+    evaluation wrap a matrix they already hold (`Projections.of`).
+    """
+
+    def __init__(self, centred: torch.Tensor, weight: torch.Tensor, block_rows: int):
+        self._centred, self._weight, self._block_rows = centred, weight, max(1, block_rows)
+        self.batch_size, self.width = centred.shape[0], weight.shape[0]
+
+    @classmethod
+    def of(cls, projection: torch.Tensor) -> "Projections":
+        """Projections already computed, as one block."""
+        projections = cls.__new__(cls)
+        projections._matrix = projection
+        projections.batch_size, projections.width = projection.shape
+        return projections
+
+    def blocks(self) -> Iterator[tuple[int, torch.Tensor]]:
+        """(first row, projections of a block of rows), in order of rows."""
+        if hasattr(self, "_matrix"):
+            yield 0, self._matrix
+            return
+        weight = self._weight.mT
+        for start in range(0, self.batch_size, self._block_rows):
+            yield start, self._centred[start : start + self._block_rows] @ weight
+
+
+@dataclass
+class Entries:
+    """Entries of a batch's (batch, width) projection matrix, in row-major order."""
+
+    rows: torch.Tensor
+    """Sample index of each entry (int64)."""
+    columns: torch.Tensor
+    """Neuron index of each entry (int64)."""
+    projections: torch.Tensor
+    """The projection w_m . (x - b_pre) at each entry."""
+
+    def __len__(self) -> int:
+        return self.rows.numel()
+
+    def select(self, keep: torch.Tensor) -> "Entries":
+        """The entries where `keep` (a boolean per entry) is true."""
+        return Entries(self.rows[keep], self.columns[keep], self.projections[keep])
+
+    def mask(self, shape) -> torch.Tensor:
+        """The entries as a boolean (batch, width) matrix."""
+        mask = torch.zeros(shape, dtype=torch.bool, device=self.rows.device)
+        return mask.index_put_((self.rows, self.columns), torch.ones((), dtype=torch.bool, device=mask.device))
+
+
+def gather(projections: Projections, keep: Callable[[torch.Tensor], torch.Tensor]) -> Entries:
+    """The entries of every block of `projections` where `keep(block)` is true: one pass over the blocks."""
+    parts = []
+    for start, block in projections.blocks():
+        rows, columns = keep(block).nonzero(as_tuple=True)
+        parts.append((rows + start, columns, block[rows, columns]))
+    return Entries(*(torch.cat(part) for part in zip(*parts)))
+
+
+@dataclass
+class Codes:
+    """The codes of one batch with the projections they came from.
+
+    Sparse form (the sparse step, and what `update` receives from either step): `values[k]` is
+    the code of sample `rows[k]` at neuron `columns[k]`, zero elsewhere; every array is 1-D.
+    Dense form (the dense step's `loss`): `values` and `projections` are (batch, width)
+    matrices, `rows` is None and `columns` is arange(width), so a loss written with
+    `columns`-indexed per-neuron quantities serves both forms.
+    """
+
+    values: torch.Tensor
+    """The codes (with gradients inside the step's loss, detached in `update`)."""
+    projections: torch.Tensor
+    """The projections w_m . (x - b_pre) at the same entries (with gradients inside the step)."""
+    columns: torch.Tensor
+    """Neuron of each entry (sparse) or arange(width) (dense)."""
+    rows: torch.Tensor | None
+    """Sample of each entry (sparse); None in the dense form."""
+    batch_size: int
+    """Samples in the batch."""
+
+    @property
+    def dense(self) -> bool:
+        return self.rows is None
+
+
+@dataclass(frozen=True)
+class FrequencyTargets:
+    """What a method with target activation frequencies (BA/GBA) tells the loop and the evaluator."""
+
+    group_of_neuron: torch.Tensor
+    """Group index of each neuron."""
+    targets: torch.Tensor
+    """Target frequency of each group."""
+    adjustable: torch.Tensor
+    """Neurons whose frequency the method can still lower (False: held at a clamp)."""
+    in_range: bool
+    """Whether every adapted bias lies in the range the method allows."""
+
+
+class Method(nn.Module):
+    """A sparsity mechanism plugged into the one training loop (see the module docstring).
+
+    The loop puts the method in training mode and evaluation in eval mode: a method whose
+    inference rule differs from its training rule (BatchTopK) branches on `self.training`.
+    """
+
+    architecture = "jumprelu"
+    """The SAELens architecture whose tensors `export` gives."""
+
+    needs_dense_step: bool = False
+    """True while the method's loss needs every projection (TopK's AuxK with dead latents)."""
+
+    def cutoff(self) -> torch.Tensor:
+        """Per-neuron projection above which an entry is in the support (methods with a threshold gate)."""
+        raise NotImplementedError(f"{type(self).__name__} defines neither cutoff nor support")
+
+    @torch.no_grad()
+    def support(self, projections: Projections) -> Entries:
+        """Every entry whose code or gradient can be non-zero: the non-zero codes, plus any zero
+        code a straight-through gradient reaches. Default: the projections above `cutoff`."""
+        cutoff = self.cutoff()
+        return gather(projections, lambda block: block > cutoff)
+
+    def code_values(self, projection_values: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        """The codes at entries of the support, with gradients, from their projections and neurons."""
+        raise NotImplementedError
+
+    def loss(self, codes: Codes, residual: torch.Tensor, decoder: torch.Tensor) -> torch.Tensor | float:
+        """A term added to the reconstruction loss: `residual` is x - x_hat (detached), `decoder` the
+        decoder rows (width, d). 0 by default."""
+        return 0.0
+
+    @torch.no_grad()
+    def update(self, codes: Codes) -> None:
+        """Called once per step after the optimiser, with that step's codes in sparse form (detached)."""
+
+    def frequency_targets(self) -> FrequencyTargets | None:
+        """Groups and target frequencies, for methods that have them."""
+        return None
+
+    def export(self) -> dict[str, torch.Tensor]:
+        """`b_enc` (and `threshold` where the gate has one) in SAELens's convention for `architecture`."""
+        raise NotImplementedError
+
+    def dense_codes(self, projection: torch.Tensor) -> tuple[torch.Tensor, Entries]:
+        """The (batch, width) codes of `projection` (with gradients) and their support."""
+        entries = self.support(Projections.of(projection.detach()))
+        columns = torch.arange(projection.shape[-1], device=projection.device)
+        return self.code_values(projection, columns) * entries.mask(projection.shape), entries
+
+    def encode(self, projection: torch.Tensor) -> torch.Tensor:
+        """The (batch, width) codes of `projection`: the method's inference rule in eval mode."""
+        return self.dense_codes(projection)[0]
+
+
+class LearnedBiasMethod(Method):
+    """A method whose encoder bias b_enc is trained by the optimiser (every baseline of the field)."""
+
+    def __init__(self, width: int, device="cpu"):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(width, device=device))
+
+
+def check_width(name: str, value: int, width: int) -> None:
+    """A per-sample count (k) cannot exceed the SAE's width."""
+    if value > width:
+        raise ConfigError(f"{name}: must be at most the width ({width}), got {value}")

@@ -1,0 +1,108 @@
+"""The sparse autoencoder's linear maps (paper §3): encoder, decoder, output scale and pre-bias.
+
+The nonlinearity and the neuron biases belong to the training method (`simulations.engine.methods`),
+so that bias adaptation, TopK, L1 and JumpReLU plug into the same autoencoder.
+
+Tied (the paper's GBA):   x_hat = sum_m a_m z_m w_m + b_pre,  projection_m = w_m . (x - b_pre)
+Untied (the field's):     x_hat = sum_m z_m d_m + b_pre,      projection_m = e_m . (x - b_pre)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from theory.validation import ConfigError, check_int, check_real
+
+
+@dataclass(frozen=True)
+class SAEConfig:
+    """Shape and initialisation of the autoencoder."""
+
+    width: int = 1024
+    """Number of neurons M."""
+    tied: bool = True
+    """One matrix W encodes and decodes (with a per-neuron output scale a), as in the paper."""
+    initial_scale: float = 0.01
+    """Initial output scale a_m (tied) or decoder row norm (untied); small a is the theory's regime."""
+    normalise_rows: bool = True
+    """Keep the rows of W (tied) or of the decoder (untied) at unit norm after every step
+    (the theory's spherical gradient steps); the magnitude then lives in a."""
+
+    def __post_init__(self):
+        check_int("width", self.width, 1)
+        if not isinstance(self.tied, bool):
+            raise ConfigError(f"tied: must be true or false, got {self.tied!r}")
+        check_real("initial_scale", self.initial_scale, 0.0, low_open=True)
+
+
+class SparseAutoencoder(nn.Module):
+    """Encoder/decoder weights of an SAE; `project` is the one dense matmul, `decode` maps codes back."""
+
+    def __init__(self, config: SAEConfig, d: int, generator: torch.Generator, device="cpu"):
+        super().__init__()
+        self.config = config
+        self.d = d
+        directions = torch.randn(config.width, d, generator=generator, dtype=torch.float32)
+        directions = (directions / directions.norm(dim=1, keepdim=True)).to(device)
+        self.weight = nn.Parameter(directions)
+        if config.tied:
+            self.scale = nn.Parameter(torch.full((config.width,), config.initial_scale, device=device))
+        else:
+            self.decoder = nn.Parameter(directions.clone() * config.initial_scale)
+        self.pre_bias = nn.Parameter(torch.zeros(d, device=device))
+        self.points: int | None = None
+        """None for one SAE; G when the parameters carry a leading axis of G SAEs (`stack`)."""
+
+    @classmethod
+    def stack(cls, saes: list["SparseAutoencoder"]) -> "SparseAutoencoder":
+        """One module training G equally shaped SAEs at once: each parameter gets a leading axis of G."""
+        first = saes[0]
+        if any(sae.config != first.config or sae.d != first.d for sae in saes):
+            raise ValueError("stack: every SAE must have the same config and dimension")
+        stacked = cls.__new__(cls)
+        nn.Module.__init__(stacked)
+        stacked.config, stacked.d, stacked.points = first.config, first.d, len(saes)
+        for name, _ in first.named_parameters():
+            setattr(stacked, name, nn.Parameter(torch.stack([getattr(sae, name).detach() for sae in saes])))
+        return stacked
+
+    @torch.no_grad()
+    def unstack_into(self, saes: list["SparseAutoencoder"]) -> None:
+        """Copy the parameters of each stacked SAE back into its own module."""
+        for name, parameter in self.named_parameters():
+            for point, sae in enumerate(saes):
+                getattr(sae, name).copy_(parameter[point])
+
+    @property
+    def width(self) -> int:
+        return self.config.width
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder projections (x - b_pre) W^T, shape (batch, width), before any bias."""
+        return (x - self.pre_bias.unsqueeze(-2)) @ self.weight.mT
+
+    @property
+    def decoder_weight(self) -> torch.Tensor:
+        """Decoder rows, shape (width, d): a_m w_m (tied) or d_m (untied)."""
+        if self.config.tied:
+            return self.scale.unsqueeze(-1) * self.weight
+        return self.decoder
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        return codes @ self.decoder_weight + self.pre_bias.unsqueeze(-2)
+
+    @torch.no_grad()
+    def normalise_(self) -> None:
+        """Project the rows back to the unit sphere (spherical step); a absorbs no change."""
+        if not self.config.normalise_rows:
+            return
+        rows = self.weight if self.config.tied else self.decoder
+        rows.div_(rows.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+
+
+def normalise(x: torch.Tensor) -> torch.Tensor:
+    """Each row scaled to unit norm (a zero row stays zero): the SAE's inputs ("sample and normalize X_t", Algorithm 1)."""
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)

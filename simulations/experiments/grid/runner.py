@@ -1,0 +1,232 @@
+"""Running a grid: every unfinished point of a spec, resumably, in this process, on loky workers or on Dask.
+
+A finished point is written atomically to `DIR/points/KEY.json` (KEY hashes the point's full
+resolved config), so re-running a spec skips what is done and a killed run loses only the
+groups in flight. Points of equal shapes may train in stacked groups (`--stack`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from simulations.experiments.grid.spec import MANIFEST, POINTS, GridPoint, GridSpec, config_key
+from simulations.experiments.recover import RecoverConfig, run, run_stack, stackable
+from theory.bounds import theory_columns
+from theory.conditions import check_data
+from theory.validation import ConfigError
+
+
+def run_points(points: list[tuple[dict, dict]], conditions_samples: int, threads: int | None) -> list[dict]:
+    """Train a group of points and measure each: metrics, its instance's conditions, the theorem's columns.
+
+    `points` are (settings, config dict) pairs; a group of more than one is trained as one stacked
+    computation (`recover.run_stack`), a single point by `recover.run`.
+    Runs in a worker process (loky, dask) or in the calling one; returns JSON-ready records.
+    """
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    configs = [RecoverConfig.from_dict(config_dict) for _, config_dict in points]
+    results = run_stack(configs) if len(configs) > 1 else [run(configs[0])]
+    conditions_of: dict = {}  # points on the same instance and seed share their conditions
+    records = []
+    for (settings, config_dict), config, result in zip(points, configs, results):
+        instance = (config.model, config.seed)
+        if instance not in conditions_of:
+            conditions_of[instance] = check_data(result.data, num_samples=conditions_samples, seed=config.seed).as_columns()
+        records.append(point_record(settings, config_dict, config, result, conditions_of[instance], len(configs)))
+    return records
+
+
+def point_record(settings, config_dict, config, result, conditions: dict, stacked: int) -> dict:
+    """The JSON-ready record of one finished point (wall seconds: its run's, or its share of its stack's)."""
+    import torch
+
+    metrics = dict(result.metrics)
+    groups = metrics.pop("groups", None)
+    theory = {}
+    if config.method == "ba":
+        model = config.model
+        p = float(config.method_config.targets()[0])
+        theory = theory_columns(model.n, model.d, model.mean_sparsity, p, config.sae.width)
+    return {
+        "key": config_key(config),
+        "settings": settings,
+        "config": config_dict,
+        "metrics": metrics,
+        "groups": [{k: v for k, v in group.items() if k != "frequencies"} for group in groups or []],
+        "conditions": {k: _plain(v) for k, v in conditions.items()},
+        "theory": {k: _plain(v) for k, v in theory.items()},
+        "history": result.history.to_dict(orient="list"),
+        "wall_seconds": metrics["wall_seconds"],
+        "stacked": stacked,
+        "device": _device_name(result.sae.weight.device),
+        "threads": torch.get_num_threads(),
+        "versions": library_versions(),
+    }
+
+
+def point_groups(points: list[GridPoint], stack: int) -> list[list[GridPoint]]:
+    """The spec's points in the groups that train together: up to `stack` stackable points
+    (`recover.stackable`), those on the same instance and seed side by side.
+
+    The partition depends on the spec and `stack` alone, never on what is already done, so a
+    resumed grid trains every group exactly as an uninterrupted one (bit-identical results)."""
+    families: list[list[GridPoint]] = []
+    for point in points:
+        family = next((f for f in families if stack > 1 and stackable(f[0].config, point.config)), None)
+        if family is None:
+            families.append([point])
+        else:
+            family.append(point)
+    groups = []
+    for family in families:
+        family.sort(key=lambda point: (repr(point.config.model), point.config.seed))
+        groups += [family[start : start + stack] for start in range(0, len(family), stack)]
+    return groups
+
+
+def _plain(value):
+    """numpy scalars to Python ones, for JSON."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _device_name(device) -> str:
+    import torch
+
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return f"cpu:{platform.processor() or platform.machine()}"
+
+
+def library_versions() -> dict:
+    """Versions of the libraries a result depends on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": platform.python_version()}
+    for package in ("gba-sae", "torch", "numpy", "scipy"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = "unknown"
+    return versions
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write via a temporary file in the same directory and os.replace, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def finished_keys(out: Path) -> set[str]:
+    """Keys of the points already written under `out`."""
+    folder = Path(out) / POINTS
+    return {path.stem for path in folder.glob("*.json")} if folder.is_dir() else set()
+
+
+def run_grid(
+    spec: GridSpec,
+    out: str | Path,
+    jobs: int = 1,
+    backend: str = "loky",
+    scheduler: str | None = None,
+    threads: int | None = None,
+    progress: bool = True,
+    reuse: tuple[str | Path, ...] = (),
+    stack: int = 1,
+) -> dict:
+    """Run every unfinished point of `spec`, writing each to `out/points/KEY.json` as it finishes.
+
+    jobs = 1 runs in this process with `threads` torch threads (default: torch's, all cores),
+    the right choice for big points. jobs > 1 runs that many loky workers with one thread each
+    (more threads per worker oversubscribes the cores). backend 'dask' sends the points to the
+    Dask cluster at `scheduler` through joblib's dask backend, one thread per task.
+    Up to `stack` points that share their shapes (BA/GBA) train as one stacked computation
+    (`point_groups`); stack = 1 trains every point alone. A group with an unfinished point is
+    trained whole and its unfinished points are written.
+    Points already finished under a directory in `reuse` (other grids' outputs) are copied
+    instead of re-run: equal keys mean equal configs, hence equal results.
+    Returns counts: total, skipped (already done), reused, ran.
+    """
+    from joblib import Parallel, delayed, parallel_config
+    from tqdm.auto import tqdm
+
+    if backend not in ("loky", "dask"):
+        raise ConfigError(f"backend: must be one of 'loky', 'dask', got {backend!r}")
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"jobs: must be an integer >= 1, got {jobs!r}")
+    if not isinstance(stack, int) or stack < 1:
+        raise ConfigError(f"stack: must be an integer >= 1, got {stack!r}")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"threads: must be an integer >= 1, got {threads!r}")
+    if backend == "dask" and not scheduler:
+        raise ConfigError("scheduler: --backend dask needs --scheduler ADDRESS (e.g. tcp://127.0.0.1:8786)")
+    out = Path(out)
+    points = spec.points()
+    manifest = {"spec": dataclasses.asdict(spec), "keys": [point.key for point in points]}
+    write_atomically(out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+    done = finished_keys(out)
+    todo = [point for point in points if point.key not in done]
+    counts = {"total": len(points), "skipped": len(points) - len(todo), "reused": 0, "ran": 0}
+    for point in list(todo):
+        source = next((Path(d) / POINTS / f"{point.key}.json" for d in reuse if (Path(d) / POINTS / f"{point.key}.json").is_file()), None)
+        if source is not None:
+            record = json.loads(source.read_text())
+            record["settings"] = point.settings  # as this spec writes them
+            write_atomically(out / POINTS / f"{point.key}.json", json.dumps(record) + "\n")
+            todo.remove(point)
+            counts["reused"] += 1
+    if not todo:
+        return counts
+    # Workers (loky, dask) get one torch thread per point: more would oversubscribe the cores.
+    point_threads = threads if jobs == 1 and backend == "loky" else 1
+    unfinished = {point.key for point in todo}
+    groups = [group for group in point_groups(points, stack) if any(point.key in unfinished for point in group)]
+    tasks = (
+        delayed(run_points)([(point.settings, point.config.to_dict()) for point in group], spec.conditions_samples, point_threads)
+        for group in groups
+    )
+    bar = tqdm(total=len(points), initial=counts["skipped"] + counts["reused"], desc=spec.name, unit="point", disable=not progress)
+
+    def store(records: list[dict]) -> None:
+        for record in records:
+            if record["key"] in unfinished:
+                write_atomically(out / POINTS / f"{record['key']}.json", json.dumps(record) + "\n")
+                counts["ran"] += 1
+                bar.update(1)
+
+    try:
+        if backend == "dask":
+            from dask.distributed import Client
+
+            with Client(scheduler), parallel_config(backend="dask"):
+                for record in Parallel(n_jobs=jobs, return_as="generator_unordered")(tasks):
+                    store(record)
+        elif jobs == 1:
+            for task in tasks:
+                function, args, kwargs = task
+                store(function(*args, **kwargs))
+        else:
+            for record in Parallel(n_jobs=jobs, backend="loky", return_as="generator_unordered")(tasks):
+                store(record)
+    finally:
+        bar.close()
+    return counts

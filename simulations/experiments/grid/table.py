@@ -1,0 +1,105 @@
+"""A grid's finished points as tidy tables: one row per point, and the training histories."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from simulations.experiments.grid.runner import finished_keys, write_atomically
+from simulations.experiments.grid.spec import MANIFEST, POINTS
+from theory.validation import ConfigError
+
+
+def load_records(out: str | Path) -> list[dict]:
+    """The finished points of the spec last run into `out`, in the manifest's order.
+
+    Points left there by an earlier version of the spec stay on disk (a later run may reuse them)
+    but are not part of the table.
+    """
+    out = Path(out)
+    folder = out / POINTS
+    if not folder.is_dir() or not (out / MANIFEST).is_file():
+        raise ConfigError(f"out: {str(out)!r} has no finished points; run `gba grid run SPEC --out {out}` first")
+    keys = json.loads((out / MANIFEST).read_text())["keys"]
+    paths = [folder / f"{key}.json" for key in keys]
+    return [json.loads(path.read_text()) for path in paths if path.is_file()]
+
+
+def flat_config(config: dict) -> dict:
+    """A resolved config as flat columns: the fields of each part by name (the model's seed is `feature_seed`)."""
+    columns = {"method": config["method"], "seed": config["seed"], "eval_samples": config["eval_samples"]}
+    for part in ("model", "sae", "method_config", "train"):
+        for name, value in config[part].items():
+            columns["feature_seed" if (part, name) == ("model", "seed") else name] = value
+    return columns
+
+
+def record_row(record: dict, grid: str, varied: set[str]) -> dict:
+    """One table row: every setting, every metric, conditions, theorem columns, wall time, versions, device.
+
+    `axis_NAME` columns keep the varied settings as the spec wrote them (e.g. "2f"); the other
+    columns hold resolved values (`device_setting` is the config's choice, `device` the one used).
+    """
+    config = flat_config(record["config"])
+    config["device_setting"] = config.pop("device")
+    row = {"grid": grid, "key": record["key"]}
+    row.update({f"axis_{name}": str(value) for name, value in record["settings"].items() if name in varied})
+    row.update(config)
+    f = record["metrics"]["feature_frequency"]
+    row["highest_target_over_f"] = config["highest_target"] / f if "highest_target" in config else np.nan
+    row.update(record["metrics"])
+    for k, group in enumerate(record.get("groups", [])):
+        row[f"group{k}_mean_frequency"] = group["mean_frequency"]
+    row.update(record["conditions"])
+    row.update(record["theory"])
+    row["wall_seconds"] = record["wall_seconds"]
+    row["threads"] = record["threads"]
+    row["stacked"] = record.get("stacked", 1)  # points trained together (1 where a record does not say)
+    row["device"] = record["device"]
+    row.update({f"version_{name}": value for name, value in record["versions"].items()})
+    return {name: json.dumps(value) if isinstance(value, (list, tuple, dict)) else value for name, value in row.items()}
+
+
+def grid_table(out: str | Path) -> pd.DataFrame:
+    """The tidy table of all finished points under `out` (one row per point)."""
+    records = load_records(out)
+    spec = json.loads((Path(out) / MANIFEST).read_text())["spec"]
+    varied = set(spec["axes"]) | {name for variant in spec["variants"] for name in variant} - {"seeds"}
+    return pd.DataFrame([record_row(record, spec["name"], varied) for record in records])
+
+
+def grid_history(out: str | Path) -> pd.DataFrame:
+    """Training histories of all finished points, long format, keyed by `key`."""
+    frames = []
+    for record in load_records(out):
+        frame = pd.DataFrame(record["history"])
+        frame.insert(0, "key", record["key"])
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def write_table(out: str | Path) -> tuple[Path, Path, Path]:
+    """Write `results.csv`, `results.parquet` and `history.csv` under `out`."""
+    out = Path(out)
+    table = grid_table(out)
+    csv, parquet, history = out / "results.csv", out / "results.parquet", out / "history.csv"
+    write_atomically(csv, table.to_csv(index=False))
+    table.to_parquet(parquet, index=False)
+    write_atomically(history, grid_history(out).to_csv(index=False))
+    return csv, parquet, history
+
+
+def grid_status(out: str | Path) -> dict:
+    """How many of the manifest's points are finished, and their total wall time."""
+    out = Path(out)
+    if not (out / MANIFEST).is_file():
+        raise ConfigError(f"out: {str(out)!r} has no {MANIFEST}; run `gba grid run SPEC --out {out}` first")
+    manifest = json.loads((out / MANIFEST).read_text())
+    keys = manifest["keys"]
+    done = finished_keys(out) & set(keys)
+    wall = sum(json.loads((out / POINTS / f"{key}.json").read_text())["wall_seconds"] for key in done)
+    return {"name": manifest["spec"]["name"], "total": len(keys), "done": len(done), "remaining": len(keys) - len(done),
+            "wall_seconds_done": wall}

@@ -1,0 +1,156 @@
+"""One SAE trained on an activation cache with the one training loop; checkpointed and resumable.
+
+A run directory holds `config.json` (every setting), `checkpoint.pt` while training (replaced
+atomically every `checkpoint_every` steps), and at the end `sae.safetensors` (SAELens's names and
+layout, in unit-norm input units), `final.pt` (the SAE's and method's state dicts), `history.csv`
+and `done.json`. Running the same config into the
+same directory resumes from the checkpoint, or does nothing when the run is done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.numpy import save_file
+
+from simulations.experiments.llm.data import load_split, shuffled_batches
+from simulations.engine.methods import METHODS, MethodConfig
+from simulations.experiments.export import sae_tensors
+from simulations.engine.sae import SAEConfig, SparseAutoencoder
+from simulations.engine.train import Checkpoint, TrainConfig, resolve_device, train
+from theory.validation import ConfigError, check_choice, check_int
+
+PAPER_GBA = {"groups": 10, "highest_target": 0.1, "lowest_target": 0.001}
+"""GBA's LLM defaults in v1 of the paper (digest §3.5): K = 10 geometric targets from HTF 0.1 to LTF 0.001."""
+
+
+def default_train() -> TrainConfig:
+    """Optimiser settings of the LLM runs: Adam, lr 1e-3, batches of 1024 tokens, 400 steps (CPU scale)."""
+    return TrainConfig(steps=400, batch_size=1024, learning_rate=1e-3, log_every=25)
+
+
+@dataclass(frozen=True)
+class LLMRunConfig:
+    """One SAE on one activation cache."""
+
+    cache: str
+    """The activation cache folder (written by `gba llm extract`)."""
+    method: str = "gba"
+    """A key of `simulations.engine.methods.METHODS`."""
+    method_settings: dict = field(default_factory=lambda: dict(PAPER_GBA))
+    """Keyword settings of the method's config class (for 'ba': `target_frequency`)."""
+    sae: SAEConfig = field(default_factory=lambda: SAEConfig(width=4096))
+    """Width and parametrisation."""
+    train: TrainConfig = field(default_factory=default_train)
+    """Optimiser settings (inputs are scaled to unit norm, the paper's normalisation)."""
+    seed: int = 0
+    """Seed of the SAE initialisation and of the batch order."""
+    checkpoint_every: int = 100
+    """Steps between checkpoints (a multiple of train.log_every)."""
+    max_tokens: int | None = None
+    """Train on the first this-many cached tokens only (None: all)."""
+
+    def __post_init__(self):
+        check_choice("method", self.method, tuple(METHODS))
+        self.method_config()  # validates the settings before any work
+        check_int("seed", self.seed, 0)
+        check_int("checkpoint_every", self.checkpoint_every, 1)
+        if self.checkpoint_every % self.train.log_every:
+            raise ConfigError(f"checkpoint_every: must be a multiple of log_every ({self.train.log_every}), got {self.checkpoint_every}")
+        if self.max_tokens is not None:
+            check_int("max_tokens", self.max_tokens, 1)
+
+    def method_config(self) -> MethodConfig:
+        settings = dict(self.method_settings)
+        config_class = METHODS[self.method]
+        try:
+            if "target_frequency" in settings and hasattr(config_class, "single"):
+                return config_class.single(settings.pop("target_frequency"), **settings)
+            return config_class(**settings)
+        except TypeError as error:
+            raise ConfigError(f"method_settings: {error}") from None
+
+    def to_dict(self) -> dict:
+        return {
+            "cache": self.cache,
+            "method": self.method,
+            "method_settings": dict(self.method_settings),
+            "sae": dataclasses.asdict(self.sae),
+            "train": dataclasses.asdict(self.train),
+            "seed": self.seed,
+            "checkpoint_every": self.checkpoint_every,
+            "max_tokens": self.max_tokens,
+        }
+
+    @classmethod
+    def from_dict(cls, settings: dict) -> "LLMRunConfig":
+        settings = dict(settings)
+        settings["sae"] = SAEConfig(**settings["sae"])
+        settings["train"] = TrainConfig(**settings["train"])
+        return cls(**settings)
+
+
+def build(config: LLMRunConfig, d: int, device) -> tuple[SparseAutoencoder, object]:
+    """The untrained SAE and method of a run (the same seed gives the same initialisation)."""
+    generator = torch.Generator().manual_seed(config.seed)
+    sae = SparseAutoencoder(config.sae, d, generator, device)
+    return sae, config.method_config().build(config.sae.width, device)
+
+
+def _atomic_save(state: dict, path: Path) -> None:
+    partial = path.with_suffix(".partial")
+    torch.save(state, partial)
+    os.replace(partial, path)
+
+
+def train_run(config: LLMRunConfig, run_dir: str | Path, progress: bool = True) -> Path:
+    """Train (or resume, or skip when done) the run in `run_dir`; returns `run_dir`."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "config.json"
+    settings = config.to_dict()
+    if config_path.is_file() and json.loads(config_path.read_text()) != settings:
+        raise ConfigError(f"run_dir: {run_dir} holds a run with other settings; use another directory")
+    config_path.write_text(json.dumps(settings, indent=2) + "\n")
+    if (run_dir / "done.json").is_file():
+        return run_dir
+    device = resolve_device(config.train.device)
+    data = load_split(config.cache, "train", config.max_tokens)
+    sae, method = build(config, data.d, device)
+    checkpoint_path = run_dir / "checkpoint.pt"
+    state = torch.load(checkpoint_path, map_location=device, weights_only=False) if checkpoint_path.is_file() else None
+    start = 0 if state is None else int(state["step"])
+    batches = shuffled_batches(data.activations, config.train.batch_size, config.seed, start, device)
+    history = train(
+        sae,
+        method,
+        batches,
+        config.train,
+        progress=progress,
+        checkpoint=Checkpoint(config.checkpoint_every, lambda s: _atomic_save(s, checkpoint_path), state),
+    )
+    save_file(sae_tensors(sae, method), str(run_dir / "sae.safetensors"))
+    torch.save({"sae": sae.state_dict(), "method": method.state_dict()}, run_dir / "final.pt")
+    history.to_csv(run_dir / "history.csv", index=False)
+    (run_dir / "done.json").write_text(json.dumps({"steps": config.train.steps, "d": data.d, "mean_norm": data.mean_norm}) + "\n")
+    checkpoint_path.unlink(missing_ok=True)
+    return run_dir
+
+
+def load_run(run_dir: str | Path, device="cpu") -> tuple[LLMRunConfig, SparseAutoencoder, object]:
+    """A finished run's config, SAE and method (in eval mode)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "done.json").is_file():
+        raise ConfigError(f"run_dir: {run_dir} has no finished run (no done.json)")
+    config = LLMRunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    done = json.loads((run_dir / "done.json").read_text())
+    sae, method = build(config, done["d"], device)
+    state = torch.load(run_dir / "final.pt", map_location=device, weights_only=False)
+    sae.load_state_dict(state["sae"])
+    method.load_state_dict(state["method"])
+    return config, sae.eval(), method.eval()

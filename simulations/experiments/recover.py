@@ -1,0 +1,270 @@
+"""One recovery experiment: plant features, train an SAE on them, measure what it found.
+
+A grid point is one `RecoverConfig`; `run` is the whole experiment and `save` writes it to disk
+(features, SAE weights in SAELens's names and layout, the full config and the metrics).
+`run_stack` trains several points of equal shapes as one stacked computation
+(`simulations.engine.stack`), each with its own data stream and its own method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.numpy import save_file
+
+from simulations.engine.evaluate import evaluate
+from simulations.engine.methods import METHODS, MethodConfig
+from simulations.engine.methods.base import Method
+from simulations.engine.methods.bias_adaptation import BiasAdaptationConfig
+from simulations.engine.sae import SAEConfig, SparseAutoencoder
+from simulations.engine.stack import MethodStack
+from simulations.engine.train import TrainConfig, resolve_device, train
+from simulations.experiments.export import sae_tensors
+from theory.metrics import feature_recovery_rate
+from theory.model import FeatureModel, SyntheticData
+from theory.validation import ConfigError, check_choice, check_int, multiple_setting
+
+
+@dataclass(frozen=True)
+class RecoverConfig:
+    """Everything that defines one run; equal configs give bit-identical results on CPU."""
+
+    model: FeatureModel = field(default_factory=FeatureModel)
+    """The statistical model (n, d, s, coefficients, ...)."""
+    sae: SAEConfig = field(default_factory=SAEConfig)
+    """Width and parametrisation of the SAE."""
+    method: str = "ba"
+    """Training method, a key of `simulations.engine.methods.METHODS`."""
+    method_config: MethodConfig = field(default_factory=lambda: BiasAdaptationConfig.single(2 * FeatureModel().feature_frequency))
+    """Settings of the method (for BA/GBA: targets, gamma, epsilon, update interval)."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimiser settings."""
+    seed: int = 0
+    """Seed of the SAE initialisation and of the data stream (V has its own, `model.seed`)."""
+    eval_samples: int = 16384
+    """Fresh samples for the final evaluation (L0, dead fraction, EV, frequencies)."""
+
+    def __post_init__(self):
+        check_choice("method", self.method, tuple(METHODS))
+        if not isinstance(self.method_config, METHODS[self.method]):
+            raise ConfigError(f"method_config: method {self.method!r} needs a {METHODS[self.method].__name__}")
+        self.method_config.check(self.method, self.sae.width)
+        check_int("seed", self.seed, 0)
+        check_int("eval_samples", self.eval_samples, 1)
+
+    def to_dict(self) -> dict:
+        """Every setting, nested by part, JSON-ready."""
+        return {
+            "model": dataclasses.asdict(self.model),
+            "sae": dataclasses.asdict(self.sae),
+            "method": self.method,
+            "method_config": dataclasses.asdict(self.method_config),
+            "train": dataclasses.asdict(self.train),
+            "seed": self.seed,
+            "eval_samples": self.eval_samples,
+        }
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> "RecoverConfig":
+        """Build a config from one flat mapping of settings, as grid specs and tables use.
+
+        Keys are the field names of `FeatureModel` (`s` is short for `sparsity`), `SAEConfig`,
+        `TrainConfig` and the method's config class (its `setting_names()`), plus `method`, `seed`
+        (the run's seed, also V's unless `feature_seed` is given), `feature_seed` and
+        `eval_samples`. The method's config reads its own keys (`from_settings`): for BA/GBA,
+        `target_frequency` sets the single target and a frequency may be a multiple of f written
+        as a string, e.g. "2f". `width` may be a multiple of n, e.g. "4n", and `d` a multiple of
+        sqrt(n), e.g. "2sqrt(n)" (both rounded to the nearest integer, at least 1), so a spec
+        scales with one line (n).
+        Unknown keys are an error, so a typo never silently falls back to a default.
+        """
+        settings = dict(settings)
+        if "s" in settings:
+            settings["sparsity"] = settings.pop("s")
+        method = settings.pop("method", "ba")
+        check_choice("method", method, tuple(METHODS))
+        seed = settings.pop("seed", 0)
+        parts = {}
+        for name, part in (("model", FeatureModel), ("sae", SAEConfig), ("train", TrainConfig)):
+            names = {f.name for f in dataclasses.fields(part)} - {"seed"}
+            parts[name] = {key: _tuple(settings.pop(key)) for key in list(settings) if key in names}
+        if isinstance(parts["model"].get("d"), str):
+            root_n = parts["model"].get("n", FeatureModel.n) ** 0.5
+            parts["model"]["d"] = multiple_setting(parts["model"]["d"], "d", "sqrt(n)", root_n, "2sqrt(n)", "an integer >= 1", integer=True)
+        model = FeatureModel(seed=settings.pop("feature_seed", seed), **parts["model"])
+        if isinstance(parts["sae"].get("width"), str):
+            parts["sae"]["width"] = multiple_setting(parts["sae"]["width"], "width", "n", model.n, "4n", "an integer >= 1", integer=True)
+        method_class = METHODS[method]
+        method_names = method_class.setting_names()
+        method_settings = {key: settings.pop(key) for key in list(settings) if key in method_names}
+        method_config = method_class.from_settings(method_settings, model.feature_frequency)
+        eval_samples = settings.pop("eval_samples", 16384)
+        if settings:
+            raise ConfigError(f"settings: unknown setting(s) {', '.join(sorted(settings))}")
+        return cls(
+            model=model,
+            sae=SAEConfig(**parts["sae"]),
+            method=method,
+            method_config=method_config,
+            train=TrainConfig(**parts["train"]),
+            seed=seed,
+            eval_samples=eval_samples,
+        )
+
+    @classmethod
+    def from_dict(cls, settings: dict) -> "RecoverConfig":
+        """Inverse of `to_dict` (lists become tuples again)."""
+        tuples = lambda part: {k: _tuple(v) for k, v in part.items()}  # noqa: E731
+        return cls(
+            model=FeatureModel(**tuples(settings["model"])),
+            sae=SAEConfig(**settings["sae"]),
+            method=settings["method"],
+            method_config=METHODS[settings["method"]](**tuples(settings["method_config"])),
+            train=TrainConfig(**settings["train"]),
+            seed=settings["seed"],
+            eval_samples=settings["eval_samples"],
+        )
+
+
+def _tuple(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+@dataclass
+class RecoverResult:
+    """The trained SAE with its data, metrics and training history."""
+
+    config: RecoverConfig
+    data: SyntheticData
+    sae: SparseAutoencoder
+    method: Method
+    metrics: dict
+    history: pd.DataFrame
+
+
+def torch_batches(data: SyntheticData, batch_size: int, seed: int, device: torch.device):
+    """The synthetic stream as float32 tensors on `device`."""
+    for batch in data.stream(batch_size, seed):
+        yield torch.from_numpy(batch.x).to(device)
+
+
+def prepare(config: RecoverConfig, features: np.ndarray | None = None):
+    """The run's data, freshly initialised SAE and method, and the initial decoder rows."""
+    device = resolve_device(config.train.device)
+    data = SyntheticData(config.model, features=features)
+    generator = torch.Generator().manual_seed(config.seed)
+    sae = SparseAutoencoder(config.sae, config.model.d, generator, device)
+    method = config.method_config.build(config.sae.width, device)
+    # A copy: an untied decoder_weight is the parameter itself, which training changes in place.
+    return data, sae, method, sae.decoder_weight.detach().cpu().numpy().copy()
+
+
+def finish(config, data, sae, method, initial_decoder, history, started: float) -> RecoverResult:
+    """Evaluate a trained SAE and bundle the run's result (`started`: its perf_counter start)."""
+    metrics = evaluate_run(sae, method, data, config)
+    for tau in (0.8, 0.9):
+        metrics[f"frr_init_{tau}"] = feature_recovery_rate(data.features, initial_decoder, tau)
+    metrics["wall_seconds"] = time.perf_counter() - started
+    return RecoverResult(config, data, sae, method, metrics, history)
+
+
+def run(config: RecoverConfig, features: np.ndarray | None = None, progress: bool = False) -> RecoverResult:
+    """Train one SAE on one synthetic instance and evaluate its recovery of the planted features."""
+    started = time.perf_counter()
+    data, sae, method, initial_decoder = prepare(config, features)
+    history = train(
+        sae,
+        method,
+        torch_batches(data, config.train.batch_size, config.seed, sae.weight.device),
+        config.train,
+        features=data.features,
+        progress=progress,
+    )
+    return finish(config, data, sae, method, initial_decoder, history, started)
+
+
+def stackable(first: RecoverConfig, other: RecoverConfig) -> bool:
+    """Points can train as one stack when their SAE shapes and optimiser settings agree."""
+    return first.sae == other.sae and first.train == other.train and first.model.d == other.model.d
+
+
+def run_stack(configs: list[RecoverConfig]) -> list[RecoverResult]:
+    """Train G points as one stacked computation and evaluate each; each result equals its own
+    `run` up to float rounding, and a fixed set of stacked points is reproducible bit for bit."""
+    if not configs:
+        return []
+    if not all(stackable(configs[0], config) for config in configs):
+        raise ConfigError("configs: points trained together must share sae, train settings and d")
+    started = time.perf_counter()
+    prepared = [prepare(config) for config in configs]
+    saes = [sae for _, sae, _, _ in prepared]
+    stacked = SparseAutoencoder.stack(saes)
+    method = MethodStack([point_method for _, _, point_method, _ in prepared], configs[0].sae.width)
+    device = stacked.weight.device
+    # Points on the same instance and seed (a sweep of targets) read the same stream: sample it once.
+    stream_of, streams = {}, []
+    for config, (data, _, _, _) in zip(configs, prepared):
+        key = (config.model, config.seed)
+        if key not in stream_of:
+            stream_of[key] = len(streams)
+            streams.append(torch_batches(data, config.train.batch_size, config.seed, device))
+    order = torch.tensor([stream_of[(config.model, config.seed)] for config in configs], device=device)
+    batches = (torch.stack([next(stream) for stream in streams])[order] for _ in itertools.count())
+    rows = [[] for _ in configs]
+    train(
+        stacked,
+        method,
+        batches,
+        configs[0].train,
+        features=[data.features for data, *_ in prepared],
+        on_log=lambda row: rows[row["point"]].append({k: v for k, v in row.items() if k != "point"}),
+    )
+    stacked.unstack_into(saes)
+    results = [
+        finish(config, data, sae, point_method, initial_decoder, pd.DataFrame(point_rows), started)
+        for config, (data, sae, point_method, initial_decoder), point_rows in zip(configs, prepared, rows)
+    ]
+    seconds = time.perf_counter() - started
+    for result in results:
+        result.metrics["wall_seconds"] = seconds / len(results)  # each point's share of the stacked run
+    return results
+
+
+def evaluate_run(sae: SparseAutoencoder, method: Method, data: SyntheticData, config: RecoverConfig) -> dict:
+    """The evaluator's metrics on `config.eval_samples` fresh samples, with the instance's own:
+    the feature frequency f, the matched frequency over f, and the recovery of co-occurring pairs."""
+    rng = np.random.default_rng([config.seed, 3])
+    device = sae.weight.device
+    sizes = [min(4096, config.eval_samples - start) for start in range(0, config.eval_samples, 4096)]
+    batches = (torch.from_numpy(data.sample(size, rng).x).to(device) for size in sizes)
+    evaluation = evaluate(sae, method, batches, normalise_inputs=config.train.normalise_inputs, features=data.features)
+    metrics = evaluation.metrics
+    f = config.model.feature_frequency
+    metrics["feature_frequency"] = f
+    metrics["matched_frequency_over_f"] = metrics["matched_frequency"] / f
+    paired = 2 * config.model.cooccurring_pairs
+    if paired:
+        best = evaluation.best_cosine
+        metrics["frr_0.9_paired"] = float(np.mean(best[:paired] >= 0.9))
+        metrics["frr_0.9_unpaired"] = float(np.mean(best[paired:] >= 0.9)) if paired < config.model.n else float("nan")
+    return metrics
+
+
+def save(result: RecoverResult, directory: str | Path) -> Path:
+    """Write features, SAE, config, metrics and history under `directory`."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({"V": result.data.features}, str(directory / "features.safetensors"))
+    save_file(sae_tensors(result.sae, result.method), str(directory / "sae.safetensors"))
+    (directory / "config.json").write_text(json.dumps(result.config.to_dict(), indent=2) + "\n")
+    (directory / "metrics.json").write_text(json.dumps(result.metrics, indent=2) + "\n")
+    result.history.to_csv(directory / "history.csv", index=False)
+    return directory

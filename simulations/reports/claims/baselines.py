@@ -1,0 +1,144 @@
+"""Claims of the imbalanced toy (TopK rows) and of the robustness ablation, checked on the baseline grids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from simulations.reports.claims import Measurement, claim
+from simulations.reports.paper import TOY_FRR
+from simulations.reports.tables import MissingTable, frontier_table, grid_command, load_results, toy_table
+
+ONE_THREAD = "--jobs 1 --threads 1"
+
+
+TOY_SCALE = "n = 128, d = 42, s ∈ {3, 20}, tied SAE width 4n, 400 steps of 512"
+SENSITIVITY_SCALE = "n = 64, d = 24, s = 2, uniform frequencies, width 4n, 300 steps of 512, 2 seeds"
+
+
+def toy_row(results: Path, label: str) -> Measurement:
+    """Our FRR at both tau for one toy row, judged against the paper's within 5 points (10 for the sd)."""
+    summary = toy_table(results)
+    row = summary.loc[label]
+    paper = TOY_FRR[label]
+    measured = (f"{TOY_SCALE}, {int(row['seeds'])} seeds: FRR(0.8) = {row['frr_08_mean']:.1%} ± {row['frr_08_sd']:.1%}, "
+                f"FRR(0.9) = {row['frr_09_mean']:.1%} ± {row['frr_09_sd']:.1%} (L0 {row['l0']:.1f})")
+    close = [abs(ours - theirs) <= 0.05 for ours, theirs in zip((row["frr_08_mean"], row["frr_09_mean"]), paper)]
+    verdict = "reproduced" if all(close) else ("partly" if any(close) else "not reproduced")
+    return Measurement(measured, verdict, investigation_note(results) if label == "TopK k=20" else "")
+
+
+def investigation_note(results: Path) -> str:
+    """What the one-change variants of the toy (toy_investigation grid) did to TopK k = 20 and GBA."""
+    try:
+        table = load_results(results, "toy_investigation")
+    except MissingTable:
+        return ""
+    base = load_results(results, "toy_baselines")
+    base = base[((base["method"] == "topk") & (base["k"] == 20)) | ((base["method"] == "gba") & (base["highest_target"] > base["feature_frequency"]))]
+    change = np.select(
+        [~table["tied"].astype(bool), table["steps"] != 400, table["width"] != 512],
+        ["untied", "3x steps (1200)", "2x width (8n)"],
+        "uniform coefficients",
+    )
+    rows = pd.concat([base.assign(change="as in the table"), table.assign(change=change)])
+    summary = rows.groupby(["method", "change"]).agg(frr8=("frr_0.8", "mean"), frr9=("frr_0.9", "mean"), seeds=("seed", "nunique"))
+    parts = [f"{'TopK k=20' if method == 'topk' else 'GBA full'} {change}: {row['frr8']:.0%} / {row['frr9']:.0%} ({int(row['seeds'])} seed(s))"
+             for (method, change), row in summary.iterrows()]
+    best = summary.loc[summary["frr8"].idxmax()]
+    closes = "brings τ = 0.9 to 90 % or more" if summary["frr9"].max() >= 0.9 else "brings τ = 0.9 near the paper's"
+    return ("One change at a time (toy_investigation grid), FRR(0.8) / FRR(0.9): " + "; ".join(parts)
+            + f". The best τ = 0.8 comes from '{summary['frr8'].idxmax()[1]}' ({best['frr8']:.0%}); "
+            + ("one of these changes " if summary["frr9"].max() >= 0.9 else "none of these changes ") + closes + ".")
+
+
+for number, label in (("11", "TopK k=20"), ("12", "TopK k=30"), ("13", "TopK k=50")):
+    paper = TOY_FRR[label]
+    claim(
+        number,
+        f"Imbalanced toy: {label} recovers {paper[0]:.1%} (τ = 0.8) / {paper[1]:.1%} (τ = 0.9) of the features",
+        paper=f"FRR {paper[0]:.1%} / {paper[1]:.1%}",
+        command=grid_command("toy_baselines", ONE_THREAD),
+        figure="toy_baselines",
+    )(lambda results, label=label: toy_row(results, label))
+
+
+def gba_points(results: Path) -> pd.DataFrame:
+    table = load_results(results, "gba_sensitivity")
+    f = table["feature_frequency"]
+    groups = table["groups"].where(table["method"] == "gba", 1)
+    return table.assign(htf=table["highest_target"] / f, ltf=table["lowest_target"] / f, K=groups,
+                        fvu=1 - table["explained_variance"])
+
+
+def topk_frontier_fvu(results: Path, l0: float) -> float:
+    """FVU of the (uniform-frequency) TopK sweep interpolated at `l0` (log L0), mean over seeds."""
+    table = frontier_table(results)
+    sweep = table[(table["method"] == "topk") & (table["frequency_decay"] == 0)].groupby("k")[["l0", "fvu"]].mean()
+    sweep = sweep.sort_values("l0")
+    return float(np.interp(np.log(l0), np.log(sweep["l0"]), sweep["fvu"]))
+
+
+@claim(
+    "18",
+    "With a high HTF, GBA lies on the TopK frontier for every number of groups",
+    paper="HTF = 0.5: all K ∈ {1, 3, 10, 20} on the TopK frontier (Qwen2.5-1.5B)",
+    command=grid_command("gba_sensitivity", ONE_THREAD) + "; " + grid_command("frontier", ONE_THREAD),
+    figure="frontier",
+)
+def on_frontier(results: Path) -> Measurement:
+    table = gba_points(results)
+    points = table[np.isclose(table["htf"], 4) & (np.isclose(table["ltf"], 0.25) | (table["K"] == 1))]
+    gaps = {}
+    for groups, part in points.groupby("K"):
+        l0, fvu = part["l0"].mean(), part["fvu"].mean()
+        gaps[int(groups)] = (l0, fvu, fvu - topk_frontier_fvu(results, l0))
+    measured = (f"{SENSITIVITY_SCALE}, HTF = 4f: FVU above the TopK sweep at the same L0: "
+                + "; ".join(f"K = {k}: L0 {l0:.1f}, FVU {fvu:.3f} ({gap:+.3f})" for k, (l0, fvu, gap) in gaps.items()))
+    within = [gap <= 0.02 for _, _, gap in gaps.values()]
+    verdict = "reproduced" if all(within) else ("partly" if any(within) else "not reproduced")
+    note = ("Synthetic analogue at our scale: HTF = 4f plays the role of the paper's 'high' HTF (0.5 on an LLM); "
+            "'on the frontier' is read as FVU at most 0.02 above the TopK sweep interpolated at GBA's L0. "
+            "The TopK sweep is untied, GBA tied.")
+    return Measurement(measured, verdict, note)
+
+
+@claim(
+    "19",
+    "From K = 10 to K = 20 groups the loss changes by at most 0.01",
+    paper="Δ loss ≤ 0.01 for every (HTF, LTF) pair (Fig. 4)",
+    command=grid_command("gba_sensitivity", ONE_THREAD),
+    figure="sensitivity",
+)
+def groups_saturate(results: Path) -> Measurement:
+    table = gba_points(results)
+    default = table[np.isclose(table["htf"], 4) & np.isclose(table["ltf"], 0.25)]
+    by_k = default.groupby("K")[["normalised_mse", "fvu", "l0", "frr_0.9"]].mean()
+    change = abs(by_k.loc[20, "normalised_mse"] - by_k.loc[10, "normalised_mse"])
+    measured = (f"{SENSITIVITY_SCALE}, HTF = 4f, LTF = f/4: normalised MSE K = 10: {by_k.loc[10, 'normalised_mse']:.4f}, "
+                f"K = 20: {by_k.loc[20, 'normalised_mse']:.4f} (Δ = {change:.4f}); FRR(0.9) {by_k.loc[10, 'frr_0.9']:.2f} → "
+                f"{by_k.loc[20, 'frr_0.9']:.2f}; L0 {by_k.loc[10, 'l0']:.1f} → {by_k.loc[20, 'l0']:.1f}")
+    return Measurement(measured, "reproduced" if change <= 0.01 else "not reproduced",
+                       "One (HTF, LTF) pair at our scale (the paper: six pairs on an LLM).")
+
+
+@claim(
+    "20",
+    "Lowering the LTF makes codes sparser and the loss higher",
+    paper="LTF 1e-2 → 1e-4 (HTF 0.1, K = 10): active fraction ≈ 8e-3 → 3e-3, loss ≈ 0.126 → 0.18",
+    command=grid_command("gba_sensitivity", ONE_THREAD),
+    figure="sensitivity",
+)
+def lower_ltf(results: Path) -> Measurement:
+    table = gba_points(results)
+    sweep = table[np.isclose(table["htf"], 4) & (table["K"] == 10)].groupby("ltf")[["l0", "normalised_mse", "frr_0.9"]].mean()
+    sweep = sweep.sort_index(ascending=False)
+    measured = f"{SENSITIVITY_SCALE}, HTF = 4f, K = 10: " + "; ".join(
+        f"LTF = {ltf:g}f: L0 {row['l0']:.2f}, normalised MSE {row['normalised_mse']:.4f}, FRR(0.9) {row['frr_0.9']:.2f}"
+        for ltf, row in sweep.iterrows())
+    sparser = bool(np.all(np.diff(sweep["l0"].to_numpy()) < 0))
+    lossier = bool(np.all(np.diff(sweep["normalised_mse"].to_numpy()) > 0))
+    verdict = "reproduced" if sparser and lossier else ("partly" if sparser or lossier else "not reproduced")
+    return Measurement(measured, verdict)

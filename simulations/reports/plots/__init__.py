@@ -1,0 +1,52 @@
+"""Figures drawn from committed result tables, never by training: a registry.
+
+Register a figure with the `figure` decorator in any module of this package (each module is
+imported by `load_all`), e.g. in `simulations/reports/plots/mine.py`:
+
+    @figure("my_figure")
+    def my_figure(results: Path, out: Path) -> Path:
+        table = load_results(results, "my_grid")      # raises MissingTable if absent
+        ...; return save_figure(fig, out, "my_figure")
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from pathlib import Path
+from typing import Callable
+
+import matplotlib.pyplot as plt
+
+FigureFunction = Callable[[Path, Path], Path]
+"""(results directory, output directory) -> path of the PNG written."""
+
+FIGURES: dict[str, FigureFunction] = {}
+"""Figure name -> function; filled by the `figure` decorator."""
+
+
+def figure(name: str) -> Callable[[FigureFunction], FigureFunction]:
+    """Register `function` under `name` (names are unique)."""
+
+    def register(function: FigureFunction) -> FigureFunction:
+        if name in FIGURES and FIGURES[name] is not function:
+            raise ValueError(f"figure {name!r} is registered twice")
+        FIGURES[name] = function
+        return function
+
+    return register
+
+
+def save_figure(fig, out: Path, name: str) -> Path:
+    """Write `fig` to OUT/NAME.png and close it."""
+    path = Path(out) / f"{name}.png"
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def load_all() -> dict[str, FigureFunction]:
+    """Import every module of this package so that their figures register; returns the registry."""
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+    return FIGURES

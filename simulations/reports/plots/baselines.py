@@ -1,0 +1,99 @@
+"""Figures of the baseline comparisons (toy_baselines, frontier, gba_sensitivity grids)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.ticker import NullFormatter
+
+from simulations.reports.plots import figure, save_figure
+from simulations.reports.tables import SWEPT, frontier_table, load_results, toy_table
+
+def log_x(ax) -> None:
+    """Log x axis with labelled major ticks only (minor labels overlap on short ranges)."""
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+@figure("toy_baselines")
+def toy_baselines(results: Path, out: Path) -> Path:
+    summary = toy_table(results)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
+    x = np.arange(len(summary))
+    for ax, tau, column in ((axes[0], "0.8", "08"), (axes[1], "0.9", "09")):
+        ax.bar(x - 0.2, summary[f"frr_{column}_mean"], width=0.4, yerr=summary[f"frr_{column}_sd"].fillna(0),
+               capsize=3, label=f"ours (mean ± sd, {int(summary['seeds'].min())}+ seeds)")
+        ax.bar(x + 0.2, summary[f"paper_frr_{column}"], width=0.4, color="0.7", label="paper (digest §5.2)")
+        ax.set_xticks(x, summary.index, rotation=20, fontsize=8)
+        ax.set_title(f"FRR(τ = {tau})")
+        ax.set_ylim(0, 1.05)
+    axes[0].set_ylabel("feature recovery rate")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Imbalanced toy: n = 128, d = 42, s ∈ {3, 20}; tied SAE width 4n, 400 steps of 512")
+    return save_figure(fig, out, "toy_baselines")
+
+
+@figure("frontier")
+def frontier(results: Path, out: Path) -> Path:
+    table = frontier_table(results)
+    profiles = sorted(table["frequency_decay"].unique())
+    fig, axes = plt.subplots(len(profiles), 2, figsize=(12, 4.2 * len(profiles)), squeeze=False)
+    for row, decay in enumerate(profiles):
+        part = table[table["frequency_decay"] == decay]
+        for method, sweep in part[part["method"].isin(list(SWEPT))].groupby("method"):
+            means = sweep.groupby(SWEPT[method])[["l0", "frr_0.9", "fvu"]].mean().sort_values("l0")
+            for column, metric in enumerate(("frr_0.9", "fvu")):
+                axes[row][column].plot(means["l0"], means[metric], marker="o", label=f"{method} (sweep of {SWEPT[method]})")
+        for method, marker in (("gba", "*"), ("ba", "s")):
+            single = part[part["method"] == method]
+            for column, metric in enumerate(("frr_0.9", "fvu")):
+                axes[row][column].scatter(single["l0"], single[metric], marker=marker, s=120, zorder=3,
+                                          label=f"{method} untuned (each seed)")
+        profile = "uniform" if decay == 0 else f"Zipf exponent {decay:g}"
+        axes[row][0].set_ylabel(f"FRR(0.9), {profile}")
+        axes[row][1].set_ylabel(f"FVU, {profile}")
+        for ax in axes[row]:
+            log_x(ax)
+            ax.set_xlabel("L0 (active latents per sample; true s = 2)")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Frontier: n = 64, d = 24, s = 2, width 4n, 300 steps of 512; mean of 2 seeds per sweep point")
+    return save_figure(fig, out, "frontier")
+
+
+@figure("sensitivity")
+def sensitivity(results: Path, out: Path) -> Path:
+    baselines = frontier_table(results)
+    baselines = baselines[baselines["frequency_decay"] == 0]
+    gba = load_results(results, "gba_sensitivity")
+    f = gba["feature_frequency"]
+    gba = gba.assign(htf=gba["highest_target"] / f, ltf=gba["lowest_target"] / f)
+    fig, axes = plt.subplots(2, 4, figsize=(15, 7), sharey=True)
+    for ax, (method, parameter) in zip(axes[0], SWEPT.items()):
+        summary = baselines[baselines["method"] == method].groupby(parameter)["frr_0.9"].agg(["mean", "min", "max"])
+        ax.errorbar(summary.index, summary["mean"], yerr=[summary["mean"] - summary["min"], summary["max"] - summary["mean"]],
+                    marker="o", capsize=3)
+        log_x(ax)
+        ax.set_xlabel(f"{method}: {parameter}")
+    default = (gba["method"] == "gba") & np.isclose(gba["htf"], 4) & np.isclose(gba["ltf"], 0.25)
+    groups = gba["groups"].where(gba["method"] == "gba", 1)
+    panels = (
+        ("HTF / f (K = 10, LTF = f/4)", "htf", np.isclose(gba["ltf"], 0.25) & (groups == 10)),
+        ("LTF / f (K = 10, HTF = 4f)", "ltf", np.isclose(gba["htf"], 4) & (groups == 10)),
+        ("K (HTF = 4f, LTF = f/4; K = 1 is BA at 4f)", "groups", (np.isclose(gba["htf"], 4) & np.isclose(gba["ltf"], 0.25)) | (gba["method"] == "ba")),
+    )
+    for ax, (label, column, mask) in zip(axes[1], panels):
+        part = gba[mask].assign(groups=groups[mask])
+        summary = part.groupby(column)["frr_0.9"].agg(["mean", "min", "max"])
+        ax.errorbar(summary.index, summary["mean"], yerr=[summary["mean"] - summary["min"], summary["max"] - summary["mean"]],
+                    marker="o", capsize=3, color="C3")
+        log_x(ax)
+        ax.set_xlabel(f"GBA: {label}")
+    axes[1][3].axis("off")
+    axes[1][3].text(0, 0.5, f"GBA default point: FRR(0.9) = {gba.loc[default, 'frr_0.9'].mean():.2f}\n"
+                    "(mean over seeds; bars: range)", fontsize=9)
+    for row in axes:
+        row[0].set_ylabel("FRR(0.9) (mean, range over 2 seeds)")
+    fig.suptitle("Sensitivity: n = 64, d = 24, s = 2, uniform frequencies, width 4n, 300 steps of 512")
+    return save_figure(fig, out, "sensitivity")

@@ -1,0 +1,82 @@
+"""The result tables the reports read: where they live, how to load them, and the shared views of
+them that claims and figures both use (labelled rows, per-method summaries)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from simulations.reports.paper import TOY_FRR
+from theory.validation import ConfigError
+
+RESULTS = Path("simulations/results")
+"""Where the committed result tables live: RESULTS/NAME/results.csv (and history.csv)."""
+
+LLM_COMMAND = "gba llm frontier --threads 2"
+"""The command that makes the LLM tables under RESULTS/llm."""
+
+SWEPT = {"topk": "k", "batchtopk": "k", "relu-l1": "l1_coefficient", "jumprelu": "l0_coefficient"}
+"""Each baseline's key hyper-parameter, swept in the frontier grid."""
+
+
+class MissingTable(ConfigError):
+    """A figure or check needs a result table that has not been made yet."""
+
+
+def grid_command(name: str, parallel: str = "--jobs 2") -> str:
+    """The command that makes (or completes) the table `name`, with the parallelism it was made with."""
+    return f"gba grid run simulations/specs/{name}.toml --out simulations/results/{name} {parallel}"
+
+
+def load_results(results: str | Path, name: str, table: str = "results.csv") -> pd.DataFrame:
+    """The committed table `results/NAME/TABLE`; raises MissingTable naming the command that makes it."""
+    path = Path(results) / name / table
+    if not path.is_file():
+        raise MissingTable(f"{path} is missing: run `gba grid run simulations/specs/{name}.toml --out {Path(results) / name}`")
+    return pd.read_csv(path)
+
+
+def load_llm_table(results: Path, table: str) -> pd.DataFrame:
+    """A table of the LLM experiment; raises MissingTable naming the command that makes it."""
+    path = Path(results) / "llm" / table
+    if not path.is_file():
+        raise MissingTable(f"{path} is missing: run `{LLM_COMMAND}`")
+    return pd.read_csv(path)
+
+
+def method_label(row) -> str:
+    """'TopK k=20', 'GBA full coverage' (targets bracket f), 'GBA wrong coverage', 'BA p=2f', ..."""
+    if row["method"] in ("topk", "batchtopk"):
+        return f"{'TopK' if row['method'] == 'topk' else 'BatchTopK'} k={int(row['k'])}"
+    if row["method"] == "gba":
+        f = row["feature_frequency"]
+        covers = row["lowest_target"] <= f <= row["highest_target"]
+        return f"GBA {'full' if covers else 'wrong'} coverage"
+    if row["method"] == "ba":
+        return f"BA p={row['highest_target'] / row['feature_frequency']:.3g}f"
+    return f"{row['method']} {SWEPT[row['method']]}={row[SWEPT[row['method']]]:g}"
+
+
+def toy_table(results: Path) -> pd.DataFrame:
+    """FRR(0.8), FRR(0.9) mean and sd over seeds per method of the toy grid, beside the paper's."""
+    table = load_results(results, "toy_baselines")
+    table = table.assign(label=table.apply(method_label, axis=1))
+    summary = table.groupby("label").agg(
+        seeds=("seed", "nunique"),
+        frr_08_mean=("frr_0.8", "mean"),
+        frr_08_sd=("frr_0.8", "std"),
+        frr_09_mean=("frr_0.9", "mean"),
+        frr_09_sd=("frr_0.9", "std"),
+        l0=("l0", "mean"),
+    )
+    summary["paper_frr_08"] = [TOY_FRR.get(label, (np.nan, np.nan))[0] for label in summary.index]
+    summary["paper_frr_09"] = [TOY_FRR.get(label, (np.nan, np.nan))[1] for label in summary.index]
+    return summary.reindex([label for label in TOY_FRR if label in summary.index])
+
+
+def frontier_table(results: Path) -> pd.DataFrame:
+    """Frontier grid rows with a label, the swept value and FVU = 1 - explained variance."""
+    table = load_results(results, "frontier").copy()  # a wide CSV reads fragmented
+    return table.assign(label=table.apply(method_label, axis=1), fvu=1 - table["explained_variance"])
