@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from simulations.commands.gba import main
 from simulations.experiments.grid import GridSpec
 from theory.conditions import check_data
 from theory.model import SyntheticData
@@ -43,3 +44,19 @@ def test_the_heatmap_instances_break_incoherence_below_root_n_and_keep_it_well_a
     assert not table.loc[table["d"] <= root_n, "V1_holds"].any()
     assert table.loc[table["d"] >= 2.8 * root_n, "V1_holds"].all()
     assert table[["H1_holds", "H2_holds", "H3_holds"]].all().all()
+
+
+def test_the_cheapest_committed_points_rerun_bit_for_bit(capsys):
+    # Every measured column of the re-run equals the committed row (threads as recorded); CPU only.
+    assert main(["checks", "--verify", "frontier", "width", "toy_baselines"]) == 0
+    assert capsys.readouterr().out.count(": identical") == 3
+
+
+def test_verify_reports_a_committed_value_the_code_does_not_reproduce(tmp_path, capsys):
+    table = pd.read_csv(RESULTS / "frontier" / "results.csv")
+    cheapest = table["wall_seconds"].idxmin()
+    table.loc[cheapest, "frr_0.9"] = table.loc[cheapest, "frr_0.9"] - 1 / 64  # one feature fewer than measured
+    (tmp_path / "frontier").mkdir()
+    table.to_csv(tmp_path / "frontier" / "results.csv", index=False)
+    assert main(["checks", "--verify", "frontier", "--results", str(tmp_path)]) == 1
+    assert "DIFFERS in 1 columns: frr_0.9" in capsys.readouterr().out

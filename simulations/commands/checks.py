@@ -7,6 +7,9 @@ from pathlib import Path
 
 from simulations.reports.claims import render
 from simulations.reports.tables import RESULTS
+from theory.validation import ConfigError
+
+SPECS = Path("simulations/specs")
 
 
 def register(subparsers) -> None:
@@ -18,10 +21,41 @@ def register(subparsers) -> None:
     parser.add_argument("--results", type=Path, default=RESULTS, help=f"result tables (default {RESULTS})")
     parser.add_argument("--out", type=Path, default=Path("paper_checks.md"), help="file to write (default paper_checks.md)")
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if --out differs from what would be written")
+    parser.add_argument("--verify", nargs="*", metavar="GRID",
+                        help="write nothing; re-run the cheapest committed point of each grid under --results (or of the "
+                        "GRIDs named) with the code in this tree and exit 1 unless every measured column is identical")
+    parser.add_argument("--points", type=int, default=1, help="points per grid for --verify (default 1)")
+    parser.add_argument("--specs", type=Path, default=SPECS, help=f"grid specs for --verify (default {SPECS})")
     parser.set_defaults(handler=handle)
 
 
+def verify(args) -> int:
+    """Re-run committed points and report, per point, identical or the columns that differ."""
+    from simulations.experiments.grid import verify_grid
+
+    available = sorted(path.parent.name for path in args.results.glob("*/results.csv"))
+    names = args.verify or available
+    unknown = [name for name in names if name not in available]
+    if unknown:
+        raise ConfigError(f"verify: no committed table for {', '.join(unknown)} under {args.results} (have: {', '.join(available)})")
+    if args.points < 1:
+        raise ConfigError(f"points: must be an integer >= 1, got {args.points}")
+    failed = 0
+    for name in names:
+        for result in verify_grid(args.specs, args.results, name, args.points):
+            added = f" ({len(result.added)} metric columns newer than the table)" if result.added else ""
+            if result.identical:
+                print(f"{name} {result.key} {result.method}: identical{added}")
+            else:
+                failed += 1
+                listed = "; ".join(f"{column} {committed!r} -> {rerun!r}" for column, committed, rerun in result.differences)
+                print(f"{name} {result.key} {result.method}: DIFFERS in {len(result.differences)} columns: {listed}")
+    return 1 if failed else 0
+
+
 def handle(args) -> int:
+    if args.verify is not None:
+        return verify(args)
     text = render(args.results)
     if args.check:
         current = args.out.read_text() if args.out.is_file() else ""

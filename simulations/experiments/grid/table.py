@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -67,8 +68,13 @@ def grid_table(out: str | Path) -> pd.DataFrame:
     """The tidy table of all finished points under `out` (one row per point)."""
     records = load_records(out)
     spec = json.loads((Path(out) / MANIFEST).read_text())["spec"]
-    varied = set(spec["axes"]) | {name for variant in spec["variants"] for name in variant} - {"seeds"}
-    return pd.DataFrame([record_row(record, spec["name"], varied) for record in records])
+    return pd.DataFrame([record_row(record, spec["name"], varied_settings(spec)) for record in records])
+
+
+def varied_settings(spec) -> set[str]:
+    """The settings a spec (a `GridSpec` or its manifest dict) varies: its axes and its variants' keys."""
+    spec = spec if isinstance(spec, dict) else dataclasses.asdict(spec)
+    return set(spec["axes"]) | {name for variant in spec["variants"] for name in variant} - {"seeds"}
 
 
 def grid_history(out: str | Path) -> pd.DataFrame:

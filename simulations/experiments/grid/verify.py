@@ -1,0 +1,80 @@
+"""Re-run committed grid points with the code in the tree and compare them with their table, bit for bit."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from simulations.experiments.grid.runner import run_points
+from simulations.experiments.grid.spec import GridSpec
+from simulations.experiments.grid.table import record_row, varied_settings
+
+CIRCUMSTANCES = ("wall_seconds", "threads", "device", "stacked")
+"""Columns that record how a point ran, not what it measured."""
+
+
+@dataclass(frozen=True)
+class Verification:
+    """One re-run point against its committed row."""
+
+    grid: str
+    key: str
+    method: str
+    differences: tuple[tuple[str, object, object], ...]
+    """(column, committed value, re-run value) for every measured column that differs."""
+    added: tuple[str, ...]
+    """Columns the re-run measures that the committed row left empty (metrics newer than the table)."""
+
+    @property
+    def identical(self) -> bool:
+        return not self.differences
+
+
+def _same(committed, rerun) -> bool:
+    if pd.isna(committed) and (rerun is None or (isinstance(rerun, float) and math.isnan(rerun))):
+        return True
+    if str(committed) == str(rerun):
+        return True
+    try:
+        return float(committed) == float(rerun)
+    except (TypeError, ValueError):
+        return False
+
+
+def verify_row(spec: GridSpec, row: pd.Series) -> Verification:
+    """Re-run the point of `spec` whose committed table row is `row` (with the thread count it was run
+    with) and compare every measured column."""
+    import torch
+
+    point = next((point for point in spec.points() if point.key == row["key"]), None)
+    if point is None:
+        raise ValueError(f"key {row['key']} is not a point of spec {spec.name!r}")
+    threads = torch.get_num_threads()
+    record, = run_points([(point.settings, point.config.to_dict())], spec.conditions_samples, int(row["threads"]))
+    torch.set_num_threads(threads)
+    rerun = record_row(record, spec.name, varied_settings(spec))
+    differences, added = [], []
+    for column, committed in row.items():
+        if column in CIRCUMSTANCES or column.startswith("version_"):
+            continue
+        value = rerun.get(column)
+        if pd.isna(committed) and not (value is None or (isinstance(value, float) and math.isnan(value))):
+            added.append(column)
+        elif not _same(committed, value):
+            differences.append((column, committed, value))
+    return Verification(spec.name, row["key"], row["method"], tuple(differences), tuple(added))
+
+
+def cheapest_rows(table: pd.DataFrame, count: int = 1) -> pd.DataFrame:
+    """The `count` rows of a table that took the least wall time."""
+    return table.nsmallest(count, "wall_seconds")
+
+
+def verify_grid(specs: Path, results: Path, name: str, count: int = 1) -> list[Verification]:
+    """Re-run the `count` cheapest committed points of grid `name` and compare them with its table."""
+    spec = GridSpec.from_toml(Path(specs) / f"{name}.toml")
+    table = pd.read_csv(Path(results) / name / "results.csv")
+    return [verify_row(spec, row) for _, row in cheapest_rows(table, count).iterrows()]
