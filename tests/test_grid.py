@@ -103,6 +103,9 @@ def test_table_has_settings_metrics_conditions_theory_and_provenance(uninterrupt
                    "version_torch", "device"):
         assert column in table.columns, column
     assert set(table["axis_target_frequency"]) == {"1f", "2f"}
+    # The code that made each point: this checkout's commit, and whether its source had uncommitted changes.
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert set(table["code_commit"]) == {head} and table["code_dirty"].isin([True, False]).all()
     csv, parquet, history = write_table(out)
     assert len(pd.read_parquet(parquet)) == 6 and len(pd.read_csv(csv)) == 6
     assert set(pd.read_csv(history)["key"]) == set(table["key"])

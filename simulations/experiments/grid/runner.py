@@ -8,9 +8,11 @@ groups in flight. Points of equal shapes may train in stacked groups (`--stack`)
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import platform
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -71,6 +73,7 @@ def point_record(settings, config_dict, config, result, conditions: dict, stacke
         "device": _device_name(result.sae.weight.device),
         "threads": torch.get_num_threads(),
         "versions": library_versions(),
+        "code": code_revision(),
     }
 
 
@@ -118,6 +121,22 @@ def library_versions() -> dict:
         except PackageNotFoundError:
             versions[package] = "unknown"
     return versions
+
+
+@functools.cache
+def code_revision() -> dict:
+    """The git commit of the code that made a record, and whether its source (theory/, simulations/
+    less the specs and results) differed from that commit; "unknown" outside a git checkout."""
+    root = Path(__file__).resolve().parents[3]
+    source = ["theory", "simulations", ":(exclude)simulations/results", ":(exclude)simulations/specs"]
+    try:
+        def git(*arguments):
+            return subprocess.run(["git", "-C", str(root), *arguments], capture_output=True, text=True, check=True,
+                                  timeout=30).stdout.strip()
+
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--", *source))}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": "unknown", "dirty": None}
 
 
 def write_atomically(path: Path, text: str) -> None:

@@ -61,6 +61,8 @@ def record_row(record: dict, grid: str, varied: set[str]) -> dict:
     row["stacked"] = record.get("stacked", 1)  # points trained together (1 where a record does not say)
     row["device"] = record["device"]
     row.update({f"version_{name}": value for name, value in record["versions"].items()})
+    code = record.get("code", {})  # records made before the revision was recorded leave it empty
+    row["code_commit"], row["code_dirty"] = code.get("commit"), code.get("dirty")
     return {name: json.dumps(value) if isinstance(value, (list, tuple, dict)) else value for name, value in row.items()}
 
 

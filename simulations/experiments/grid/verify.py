@@ -12,7 +12,7 @@ from simulations.experiments.grid.runner import run_points
 from simulations.experiments.grid.spec import GridSpec
 from simulations.experiments.grid.table import record_row, varied_settings
 
-CIRCUMSTANCES = ("wall_seconds", "threads", "device", "stacked")
+CIRCUMSTANCES = ("wall_seconds", "threads", "device", "stacked", "code_commit", "code_dirty")
 """Columns that record how a point ran, not what it measured."""
 
 
