@@ -212,7 +212,7 @@ def count_rounds(monkeypatch) -> list:
     rounds, blocks = [], Projections.blocks
 
     def counted(projections):
-        if not hasattr(projections, "_matrix"):  # computed block by block: the sparse step's
+        if projections.matrix is None:  # computed block by block: the sparse step's
             rounds.append(1)
         return blocks(projections)
 

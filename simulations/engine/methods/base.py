@@ -79,19 +79,21 @@ class Projections:
     def __init__(self, centred: torch.Tensor, weight: torch.Tensor, block_rows: int):
         self._centred, self._weight, self._block_rows = centred, weight, max(1, block_rows)
         self.batch_size, self.width = centred.shape[0], weight.shape[0]
+        self.matrix: torch.Tensor | None = None
+        """The whole (batch, width) matrix when it is already held (`of`), else None."""
 
     @classmethod
     def of(cls, projection: torch.Tensor) -> "Projections":
         """Projections already computed, as one block."""
         projections = cls.__new__(cls)
-        projections._matrix = projection
         projections.batch_size, projections.width = projection.shape
+        projections.matrix = projection
         return projections
 
     def blocks(self) -> Iterator[tuple[int, torch.Tensor]]:
         """(first row, projections of a block of rows), in order of rows."""
-        if hasattr(self, "_matrix"):
-            yield 0, self._matrix
+        if self.matrix is not None:
+            yield 0, self.matrix
             return
         weight = self._weight.mT
         for start in range(0, self.batch_size, self._block_rows):
