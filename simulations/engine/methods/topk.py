@@ -62,7 +62,7 @@ class TopK(LearnedBiasMethod):
     def support(self, projections: Projections) -> Entries:
         parts = []
         for start, block in projections.blocks():
-            top, index = (block + self.bias).topk(self.config.k, dim=-1)
+            top, index = torch.relu(block + self.bias).topk(self.config.k, dim=-1)  # z = ReLU(h) on the k largest
             index, order = index.sort(dim=-1)  # row-major: columns ascending within each row
             kept = (top.gather(-1, order) > 0).flatten()
             rows = torch.arange(block.shape[0], device=block.device).repeat_interleave(self.config.k)[kept]
