@@ -1,6 +1,5 @@
 import json
 
-import pytest
 import torch
 
 from simulations.benchmark import run as bench
@@ -26,7 +25,9 @@ def test_step_records_have_their_keys_and_a_table(tmp_path):
     for record in records:
         for key in ("method", "d", "width", "batch", "step_seconds", "encoder_matmul_seconds", "ratio_to_matmul"):
             assert key in record, key
-        assert record["ratio_to_matmul"] == pytest.approx(record["step_seconds"] / record["encoder_matmul_seconds"])
+        # The biases were settled before timing: the timed steps are steady-state steps, not the dense start
+        # (at bias 0 about half of the 256 codes fire).
+        assert 0 < record["l0"] < 0.05 * 256, record["l0"]
     text = bench.table([{"kind": "step", **r} for r in records])
     assert "ratio_to_matmul" in text and "gba" in text
     json.dumps(records)
