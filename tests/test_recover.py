@@ -186,3 +186,18 @@ def test_gba_groups_fire_in_the_order_of_their_targets_and_below_them(zipf_runs)
         assert targets == sorted(targets, reverse=True) and targets[0] / targets[-1] == pytest.approx(64)
         assert realised == sorted(realised, reverse=True), realised  # higher targets, more frequent neurons
         assert all(0 < frequency <= target for frequency, target in zip(realised, targets)), (realised, targets)
+
+
+@pytest.mark.parametrize("method", ["ba", "gba", "topk", "jumprelu"])
+def test_the_cli_a_grid_point_and_the_python_api_resolve_to_the_same_defaults(method):
+    from simulations.commands.gba import build_parser
+    from simulations.commands.recover import config_from_args
+
+    cli = config_from_args(build_parser().parse_args(["recover", "--method", method]), None)
+    point = RecoverConfig.from_settings({"method": method, "n": 256, "d": 48, "s": 3, "width": 1024})
+    api = RecoverConfig(model=FeatureModel(n=256, d=48, sparsity=3), sae=SAEConfig(width=1024), method=method)
+    assert cli == point == api
+    if method == "gba":
+        f = point.model.feature_frequency
+        assert point.method_config.groups == 10
+        assert point.method_config.targets() == pytest.approx(np.geomspace(4 * f, f / 4, 10))

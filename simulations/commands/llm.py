@@ -135,7 +135,8 @@ def handle_extract(args) -> int:
 
 def handle_train(args) -> int:
     from simulations.experiments.llm.pipeline import PlannedRun
-    from simulations.experiments.llm.runs import PAPER_GBA, LLMRunConfig, train_run
+    from simulations.engine.methods.bias_adaptation import TARGETS_WITHOUT_F
+    from simulations.experiments.llm.runs import LLMRunConfig, train_run
 
     _threads(args)
     settings = {}
@@ -145,7 +146,7 @@ def handle_train(args) -> int:
             raise ConfigError(f"set: must look like NAME=VALUE, got {item!r}")
         settings[name] = _setting_value(value)
     if args.method == "gba" and not settings:
-        settings = dict(PAPER_GBA)
+        settings = dict(TARGETS_WITHOUT_F)
     config = LLMRunConfig(
         cache="", method=args.method, method_settings=settings, sae=SAEConfig(width=args.width),
         train=_train_config(args), seed=args.seed, checkpoint_every=args.checkpoint_every,

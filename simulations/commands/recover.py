@@ -12,16 +12,12 @@ import torch
 
 from simulations.engine.methods import METHODS
 from simulations.engine.methods.base import field_docs
-from simulations.engine.methods.bias_adaptation import BiasAdaptationConfig, frequency_setting
+from simulations.engine.methods.bias_adaptation import DEFAULT_TARGETS, BiasAdaptationConfig
 from simulations.engine.sae import SAEConfig
 from simulations.engine.train import TrainConfig
 from simulations.experiments.recover import RecoverConfig, run, save
 from theory.model import FeatureModel
 from theory.validation import ConfigError
-
-DEFAULT_TARGET = "2f"
-"""BA's default target frequency: twice the feature frequency f = s/n."""
-
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -48,15 +44,25 @@ def register(subparsers) -> None:
 
     method = parser.add_argument_group("method")
     method.add_argument("--method", choices=list(METHODS), default="ba")
-    method.add_argument("--target-frequency", default=DEFAULT_TARGET, help="BA's target p: a number or a multiple of f ('2f')")
-    method.add_argument("--groups", type=int, default=10, help="GBA: number of groups K")
-    method.add_argument("--htf", default="4f", help="GBA: highest target frequency (number or multiple of f)")
-    method.add_argument("--ltf", default="0.25f", help="GBA: lowest target frequency (number or multiple of f)")
-    method.add_argument("--bias-decrease-rate", type=float, default=BiasAdaptationConfig.bias_decrease_rate, help="gamma_minus")
-    method.add_argument("--bias-increase-rate", type=float, default=BiasAdaptationConfig.bias_increase_rate, help="gamma_plus")
-    method.add_argument("--dead-frequency", type=float, default=BiasAdaptationConfig.dead_frequency, help="epsilon")
-    method.add_argument("--update-interval", type=int, default=None, help="samples between bias updates (default: max(8192, 20/lowest target))")
-    method.add_argument("--activation", choices=["jumprelu", "relu"], default="jumprelu")
+    # Absent flags leave the setting to BiasAdaptationConfig.from_settings, the one source of its defaults.
+    ba, gba = DEFAULT_TARGETS["ba"], DEFAULT_TARGETS["gba"]
+    method.add_argument("--target-frequency", dest="target_frequency", default=argparse.SUPPRESS,
+                        help=f"BA's target p: a number or a multiple of f ('2f') (default: {ba['target_frequency']})")
+    method.add_argument("--groups", dest="groups", type=int, default=argparse.SUPPRESS,
+                        help=f"GBA: number of groups K (default: {gba['groups']})")
+    method.add_argument("--htf", dest="highest_target", default=argparse.SUPPRESS,
+                        help=f"GBA: highest target frequency, a number or a multiple of f (default: {gba['highest_target']})")
+    method.add_argument("--ltf", dest="lowest_target", default=argparse.SUPPRESS,
+                        help=f"GBA: lowest target frequency, a number or a multiple of f (default: {gba['lowest_target']})")
+    for flag, name, kind, symbol in (("--bias-decrease-rate", "bias_decrease_rate", float, "gamma_minus"),
+                                     ("--bias-increase-rate", "bias_increase_rate", float, "gamma_plus"),
+                                     ("--dead-frequency", "dead_frequency", float, "epsilon")):
+        method.add_argument(flag, dest=name, type=kind, default=argparse.SUPPRESS,
+                            help=f"{symbol} (default: {getattr(BiasAdaptationConfig, name)})")
+    method.add_argument("--update-interval", dest="update_interval", type=int, default=argparse.SUPPRESS,
+                        help="samples between bias updates (default: max(8192, 20/lowest target))")
+    method.add_argument("--activation", dest="activation", choices=["jumprelu", "relu"], default=argparse.SUPPRESS,
+                        help=f"BA/GBA gate (default: {BiasAdaptationConfig.activation})")
     add_method_flags(parser.add_argument_group("baseline methods (defaults: the method's config)"))
 
     training = parser.add_argument_group("training")
@@ -72,6 +78,11 @@ def register(subparsers) -> None:
     output.add_argument("--json", action="store_true", help="print the metrics as JSON")
     output.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=handle)
+
+
+BIAS_ADAPTATION_FLAGS = ("target_frequency", "groups", "highest_target", "lowest_target", "bias_decrease_rate",
+                         "bias_increase_rate", "dead_frequency", "update_interval", "activation")
+"""The `dest` of every BA/GBA flag: the settings' own names."""
 
 
 def load_features(path: Path) -> np.ndarray:
@@ -152,26 +163,14 @@ def config_from_args(args, features: np.ndarray | None) -> RecoverConfig:
         noise_std=args.noise_std,
         seed=args.seed,
     )
-    f = model.feature_frequency
-    rule = dict(
-        bias_decrease_rate=args.bias_decrease_rate,
-        bias_increase_rate=args.bias_increase_rate,
-        dead_frequency=args.dead_frequency,
-        update_interval=args.update_interval,
-        activation=args.activation,
-    )
-    settings = baseline_settings(args)
-    if METHODS[args.method] is not BiasAdaptationConfig:
-        method_config = METHODS[args.method].from_settings(settings, f)
-    elif args.method == "ba":
-        method_config = BiasAdaptationConfig.single(frequency_setting(args.target_frequency, f, "target_frequency"), **rule)
+    bias_adaptation = {name: getattr(args, name) for name in BIAS_ADAPTATION_FLAGS if hasattr(args, name)}
+    if METHODS[args.method] is BiasAdaptationConfig:
+        settings = bias_adaptation
+    elif bias_adaptation:
+        raise ConfigError(f"{next(iter(bias_adaptation))}: a setting of methods 'ba' and 'gba', not of {args.method!r}")
     else:
-        method_config = BiasAdaptationConfig(
-            highest_target=frequency_setting(args.htf, f, "htf"),
-            lowest_target=frequency_setting(args.ltf, f, "ltf"),
-            groups=args.groups,
-            **rule,
-        )
+        settings = baseline_settings(args)
+    method_config = METHODS[args.method].from_settings(settings, model.feature_frequency, args.method)
     return RecoverConfig(
         model=model,
         sae=SAEConfig(width=args.width, tied=not args.untied, initial_scale=args.initial_scale),

@@ -23,7 +23,6 @@ from safetensors.numpy import save_file
 from simulations.engine.evaluate import evaluate
 from simulations.engine.methods import METHODS, MethodConfig
 from simulations.engine.methods.base import Method
-from simulations.engine.methods.bias_adaptation import BiasAdaptationConfig
 from simulations.engine.sae import SAEConfig, SparseAutoencoder
 from simulations.engine.stack import MethodStack
 from simulations.engine.train import TrainConfig, resolve_device, train
@@ -43,8 +42,9 @@ class RecoverConfig:
     """Width and parametrisation of the SAE."""
     method: str = "ba"
     """Training method, a key of `simulations.engine.methods.METHODS`."""
-    method_config: MethodConfig = field(default_factory=lambda: BiasAdaptationConfig.single(2 * FeatureModel().feature_frequency))
-    """Settings of the method (for BA/GBA: targets, gamma, epsilon, update interval)."""
+    method_config: MethodConfig | None = None
+    """Settings of the method (for BA/GBA: targets, gamma, epsilon, update interval); None takes the
+    method's defaults for this model (BA/GBA: `bias_adaptation.DEFAULT_TARGETS`)."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Optimiser settings."""
     seed: int = 0
@@ -54,6 +54,9 @@ class RecoverConfig:
 
     def __post_init__(self):
         check_choice("method", self.method, tuple(METHODS))
+        if self.method_config is None:
+            default = METHODS[self.method].from_settings({}, self.model.feature_frequency, self.method)
+            object.__setattr__(self, "method_config", default)
         if not isinstance(self.method_config, METHODS[self.method]):
             raise ConfigError(f"method_config: method {self.method!r} needs a {METHODS[self.method].__name__}")
         self.method_config.check(self.method, self.sae.width)
@@ -105,7 +108,7 @@ class RecoverConfig:
         method_class = METHODS[method]
         method_names = method_class.setting_names()
         method_settings = {key: settings.pop(key) for key in list(settings) if key in method_names}
-        method_config = method_class.from_settings(method_settings, model.feature_frequency)
+        method_config = method_class.from_settings(method_settings, model.feature_frequency, method)
         eval_samples = settings.pop("eval_samples", 16384)
         if settings:
             raise ConfigError(f"settings: unknown setting(s) {', '.join(sorted(settings))}")

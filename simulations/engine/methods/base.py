@@ -45,8 +45,9 @@ class MethodConfig:
         return {f.name for f in dataclasses.fields(cls)}
 
     @classmethod
-    def from_settings(cls, settings: dict, feature_frequency: float) -> "MethodConfig":
-        """The config from flat settings (grid specs, CLI); `feature_frequency` f lets settings be relative to f."""
+    def from_settings(cls, settings: dict, feature_frequency: float, method: str) -> "MethodConfig":
+        """The config of `method` from flat settings (grid specs, the CLI, the Python API); `feature_frequency`
+        f lets settings be relative to f. Settings left out take the config's defaults."""
         return cls(**settings)
 
 

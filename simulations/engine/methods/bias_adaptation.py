@@ -24,6 +24,18 @@ from simulations.engine.methods.base import Codes, FrequencyTargets, Method, Met
 from theory.validation import ConfigError, check_choice, check_int, check_real, multiple_setting
 
 
+DEFAULT_TARGETS = {
+    "ba": {"target_frequency": "2f"},
+    "gba": {"groups": 10, "highest_target": "4f", "lowest_target": "0.25f"},
+}
+"""BA's and GBA's targets where a setting leaves them out, as multiples of the feature frequency f:
+the one source of these defaults for the CLI, grid specs and `RecoverConfig`."""
+
+TARGETS_WITHOUT_F = {"groups": 10, "highest_target": 0.1, "lowest_target": 0.001}
+"""GBA's targets where f is unknown (activations of a real model): the paper's LLM defaults,
+K = 10 geometric targets from HTF 0.1 to LTF 0.001 (v1 of the paper; digest §3.5)."""
+
+
 @dataclass(frozen=True)
 class BiasAdaptationConfig(MethodConfig):
     """Groups with geometric target frequencies and the bias-update rule (Algorithm 2)."""
@@ -94,9 +106,14 @@ class BiasAdaptationConfig(MethodConfig):
         return super().setting_names() | {"target_frequency"}
 
     @classmethod
-    def from_settings(cls, settings: dict, feature_frequency: float) -> "BiasAdaptationConfig":
-        """`target_frequency` sets BA's single target; frequencies may be multiples of f written '2f'."""
+    def from_settings(cls, settings: dict, feature_frequency: float, method: str) -> "BiasAdaptationConfig":
+        """`target_frequency` sets BA's single target; frequencies may be multiples of f written '2f'.
+        Targets left out come from `DEFAULT_TARGETS[method]` (for BA, only when no target is given)."""
         settings = dict(settings)
+        if method == "gba":
+            settings = {**DEFAULT_TARGETS["gba"], **settings}
+        elif not {"target_frequency", "highest_target", "lowest_target"} & set(settings):
+            settings.update(DEFAULT_TARGETS["ba"])
         for key in ("target_frequency", "highest_target", "lowest_target"):
             if isinstance(settings.get(key), str):
                 settings[key] = frequency_setting(settings[key], feature_frequency, key)

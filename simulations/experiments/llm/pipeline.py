@@ -27,7 +27,8 @@ import torch
 from simulations.experiments.llm.activations import ActivationConfig, extract, load_model, site_module
 from simulations.experiments.llm.data import load_split
 from simulations.experiments.llm.evaluate import consistency, frequency_histograms, reconstruction_metrics, spliced_losses
-from simulations.experiments.llm.runs import PAPER_GBA, LLMRunConfig, default_train, load_run, train_run
+from simulations.engine.methods.bias_adaptation import TARGETS_WITHOUT_F
+from simulations.experiments.llm.runs import LLMRunConfig, default_train, load_run, train_run
 from simulations.engine.methods import METHODS
 from simulations.engine.sae import SAEConfig
 from simulations.engine.train import TrainConfig, resolve_device
@@ -58,7 +59,7 @@ class PlannedRun:
 
 def default_plan(seeds: int = 3, topk=(16, 32, 64), l1=(0.01, 0.03, 0.1), ba=(0.01,)) -> list[PlannedRun]:
     """GBA (paper defaults) over `seeds` seeds, a TopK sweep, an L1 sweep and BA; the middle TopK and L1 settings also over the seeds."""
-    plan = [PlannedRun("gba", tuple({**PAPER_GBA, **CPU_SCALE_CONTROLLER}.items()), seed) for seed in range(seeds)]
+    plan = [PlannedRun("gba", tuple({**TARGETS_WITHOUT_F, **CPU_SCALE_CONTROLLER}.items()), seed) for seed in range(seeds)]
     plan += [PlannedRun("ba", (("target_frequency", p), *CPU_SCALE_CONTROLLER.items())) for p in ba]
     plan += [PlannedRun("topk", (("k", k),)) for k in topk]
     plan += [PlannedRun("relu-l1", (("l1_coefficient", c),)) for c in l1]

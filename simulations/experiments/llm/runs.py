@@ -20,13 +20,12 @@ from safetensors.numpy import save_file
 
 from simulations.experiments.llm.data import load_split, shuffled_batches
 from simulations.engine.methods import METHODS, MethodConfig
+from simulations.engine.methods.bias_adaptation import TARGETS_WITHOUT_F
 from simulations.experiments.export import sae_tensors
 from simulations.engine.sae import SAEConfig, SparseAutoencoder
 from simulations.engine.train import Checkpoint, TrainConfig, resolve_device, train
 from theory.validation import ConfigError, check_choice, check_int
 
-PAPER_GBA = {"groups": 10, "highest_target": 0.1, "lowest_target": 0.001}
-"""GBA's LLM defaults in v1 of the paper (digest §3.5): K = 10 geometric targets from HTF 0.1 to LTF 0.001."""
 
 
 def default_train() -> TrainConfig:
@@ -42,7 +41,7 @@ class LLMRunConfig:
     """The activation cache folder (written by `gba llm extract`)."""
     method: str = "gba"
     """A key of `simulations.engine.methods.METHODS`."""
-    method_settings: dict = field(default_factory=lambda: dict(PAPER_GBA))
+    method_settings: dict = field(default_factory=lambda: dict(TARGETS_WITHOUT_F))
     """Keyword settings of the method's config class (for 'ba': `target_frequency`)."""
     sae: SAEConfig = field(default_factory=lambda: SAEConfig(width=4096))
     """Width and parametrisation."""
