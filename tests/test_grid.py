@@ -178,3 +178,34 @@ def test_status_counts_finished_points(uninterrupted, capsys):
     _, out, _ = uninterrupted
     assert main(["grid", "status", str(out)]) == 0
     assert "6/6 points done" in capsys.readouterr().out
+
+
+def test_a_truncated_point_and_a_corrupt_manifest_are_named_and_repaired_by_a_rerun(uninterrupted, tmp_path, capsys):
+    import shutil
+
+    spec_path, out, table = uninterrupted
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken)
+    point = sorted((broken / "points").glob("*.json"))[0]
+    point.write_text(point.read_text()[:100])  # a full disk or a bad copy
+    (broken / "grid.json").write_text("{not json")
+    assert main(["grid", "table", str(broken)]) == 2
+    assert "grid.json does not parse" in capsys.readouterr().err
+    assert main(["grid", "run", str(spec_path), "--out", str(broken), "--quiet", "--threads", "1", "--stack", str(STACK)]) == 0
+    err = capsys.readouterr()
+    assert str(broken / "grid.json") in err.err and str(point) in err.err
+    assert "6 points, 5 already done, 0 reused, 1 ran" in err.out
+    assert (broken / "points" / "unreadable" / point.name).is_file()
+    # The re-run point is the uninterrupted run's, bit for bit.
+    repaired = grid_table(broken)
+    columns = [c for c in table.columns if c not in TIMING and not c.startswith("code_")]
+    pd.testing.assert_frame_equal(results(repaired)[columns], results(table)[columns])
+
+
+def test_tabulating_a_grid_with_nothing_finished_is_an_error(tmp_path, capsys):
+    spec_path = write_spec(tmp_path)
+    (tmp_path / "empty" / "points").mkdir(parents=True)
+    (tmp_path / "empty" / "grid.json").write_text('{"spec": {"name": "tiny", "axes": {}, "variants": [{}]}, "keys": ["a"]}')
+    assert main(["grid", "table", str(tmp_path / "empty")]) == 2
+    assert "has no finished points" in capsys.readouterr().err
+    assert spec_path.is_file()

@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -155,10 +156,50 @@ def write_atomically(path: Path, text: str) -> None:
         raise
 
 
-def finished_keys(out: Path) -> set[str]:
-    """Keys of the points already written under `out`."""
+UNREADABLE = "unreadable"
+"""Subdirectory of `points/` where point files that do not parse are moved, so that their points run again."""
+
+
+def read_record(path: Path) -> dict | None:
+    """The point record in `path`, or None when it does not parse as the record of its own key."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("key") == Path(path).stem else None
+
+
+def read_manifest(out: Path) -> dict:
+    """The manifest of the grid run into `out`; a clear error when it is missing or does not parse."""
+    path = Path(out) / MANIFEST
+    if not path.is_file():
+        raise ConfigError(f"out: {str(out)!r} has no {MANIFEST}; run `gba grid run SPEC --out {out}` first")
+    try:
+        manifest = json.loads(path.read_text())
+        if isinstance(manifest, dict) and isinstance(manifest.get("keys"), list) and isinstance(manifest.get("spec"), dict):
+            return manifest
+    except (OSError, UnicodeDecodeError, ValueError):
+        pass
+    raise ConfigError(f"out: {path} does not parse; `gba grid run SPEC --out {out}` writes it again")
+
+
+def finished_keys(out: Path, repair: bool = False) -> set[str]:
+    """Keys of the points finished under `out`. A point file that does not parse is an error naming it,
+    or with `repair` is moved to points/unreadable/ (said on stderr) so that its point runs again."""
     folder = Path(out) / POINTS
-    return {path.stem for path in folder.glob("*.json")} if folder.is_dir() else set()
+    keys = set()
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        if read_record(path) is not None:
+            keys.add(path.stem)
+        elif repair:
+            aside = folder / UNREADABLE / path.name
+            aside.parent.mkdir(exist_ok=True)
+            os.replace(path, aside)
+            print(f"{path}: does not parse as a finished point; moved to {aside}, the point runs again", file=sys.stderr)
+        else:
+            raise ConfigError(f"out: {path} does not parse as a finished point; `gba grid run SPEC --out {out}` "
+                              "moves it aside and runs the point again")
+    return keys
 
 
 def run_grid(
@@ -200,15 +241,19 @@ def run_grid(
         raise ConfigError("scheduler: --backend dask needs --scheduler ADDRESS (e.g. tcp://127.0.0.1:8786)")
     out = Path(out)
     points = spec.points()
+    if (out / MANIFEST).is_file():
+        try:
+            read_manifest(out)
+        except ConfigError:
+            print(f"{out / MANIFEST}: does not parse; written again from spec {spec.name!r}", file=sys.stderr)
     manifest = {"spec": dataclasses.asdict(spec), "keys": [point.key for point in points]}
     write_atomically(out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
-    done = finished_keys(out)
+    done = finished_keys(out, repair=True)
     todo = [point for point in points if point.key not in done]
     counts = {"total": len(points), "skipped": len(points) - len(todo), "reused": 0, "ran": 0}
     for point in list(todo):
-        source = next((Path(d) / POINTS / f"{point.key}.json" for d in reuse if (Path(d) / POINTS / f"{point.key}.json").is_file()), None)
-        if source is not None:
-            record = json.loads(source.read_text())
+        record = next(filter(None, (read_record(Path(d) / POINTS / f"{point.key}.json") for d in reuse)), None)
+        if record is not None:
             record["settings"] = point.settings  # as this spec writes them
             write_atomically(out / POINTS / f"{point.key}.json", json.dumps(record) + "\n")
             todo.remove(point)

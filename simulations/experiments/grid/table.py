@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from simulations.experiments.grid.runner import finished_keys, write_atomically
-from simulations.experiments.grid.spec import MANIFEST, POINTS
+from simulations.experiments.grid.runner import finished_keys, read_manifest, read_record, write_atomically
+from simulations.experiments.grid.spec import POINTS
 from theory.validation import ConfigError
 
 
@@ -21,12 +21,11 @@ def load_records(out: str | Path) -> list[dict]:
     but are not part of the table.
     """
     out = Path(out)
-    folder = out / POINTS
-    if not folder.is_dir() or not (out / MANIFEST).is_file():
+    keys = read_manifest(out)["keys"]
+    done = finished_keys(out)
+    if not done & set(keys):
         raise ConfigError(f"out: {str(out)!r} has no finished points; run `gba grid run SPEC --out {out}` first")
-    keys = json.loads((out / MANIFEST).read_text())["keys"]
-    paths = [folder / f"{key}.json" for key in keys]
-    return [json.loads(path.read_text()) for path in paths if path.is_file()]
+    return [read_record(out / POINTS / f"{key}.json") for key in keys if key in done]
 
 
 def flat_config(config: dict) -> dict:
@@ -69,7 +68,7 @@ def record_row(record: dict, grid: str, varied: set[str]) -> dict:
 def grid_table(out: str | Path) -> pd.DataFrame:
     """The tidy table of all finished points under `out` (one row per point)."""
     records = load_records(out)
-    spec = json.loads((Path(out) / MANIFEST).read_text())["spec"]
+    spec = read_manifest(out)["spec"]
     return pd.DataFrame([record_row(record, spec["name"], varied_settings(spec)) for record in records])
 
 
@@ -103,11 +102,9 @@ def write_table(out: str | Path) -> tuple[Path, Path, Path]:
 def grid_status(out: str | Path) -> dict:
     """How many of the manifest's points are finished, and their total wall time."""
     out = Path(out)
-    if not (out / MANIFEST).is_file():
-        raise ConfigError(f"out: {str(out)!r} has no {MANIFEST}; run `gba grid run SPEC --out {out}` first")
-    manifest = json.loads((out / MANIFEST).read_text())
+    manifest = read_manifest(out)
     keys = manifest["keys"]
     done = finished_keys(out) & set(keys)
-    wall = sum(json.loads((out / POINTS / f"{key}.json").read_text())["wall_seconds"] for key in done)
+    wall = sum(read_record(out / POINTS / f"{key}.json")["wall_seconds"] for key in done)
     return {"name": manifest["spec"]["name"], "total": len(keys), "done": len(done), "remaining": len(keys) - len(done),
             "wall_seconds_done": wall}
