@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 import numpy as np
 import scipy.sparse as sp
 
-from theory.validation import ConfigError, check_choice, check_int, check_real
+from theory.validation import MAX_SEED, ConfigError, check_choice, check_int, check_real
 
 CoefficientSampler = Callable[[np.random.Generator, int], np.ndarray]
 """A user law for the non-zero coefficients: (rng, count) -> `count` non-negative numbers."""
@@ -77,7 +77,7 @@ class FeatureModel:
         if self.cooccurring_pairs > 0 and min(values) < 2:
             raise ConfigError("cooccurring_pairs: needs every sparsity value >= 2 (a pair takes two slots)")
         check_real("noise_std", self.noise_std, 0.0)
-        check_int("seed", self.seed, 0)
+        check_int("seed", self.seed, 0, MAX_SEED)
 
     @property
     def sparsity_values(self) -> tuple[int, ...]:

@@ -10,6 +10,10 @@ class ConfigError(ValueError):
     """A setting is outside its allowed range; the message names the setting and the range."""
 
 
+MAX_SEED = 2**63 - 1
+"""Largest seed: torch generators and numpy take any integer up to here."""
+
+
 def check_int(name: str, value, low: int | None = None, high: int | None = None) -> None:
     """Require an integer in [low, high] (either bound may be open-ended)."""
     if isinstance(value, bool) or not isinstance(value, Integral):

@@ -54,6 +54,8 @@ def verify(args) -> int:
 
 
 def handle(args) -> int:
+    if not args.results.is_dir():
+        raise ConfigError(f"results: {str(args.results)!r} is not a directory of result tables")
     if args.verify is not None:
         return verify(args)
     text = render(args.results)

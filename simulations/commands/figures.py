@@ -29,6 +29,8 @@ def handle(args) -> int:
     if args.list:
         print("\n".join(sorted(figures)))
         return 0
+    if not args.results.is_dir():
+        raise ConfigError(f"results: {str(args.results)!r} is not a directory of result tables")
     names = sorted(figures) if args.only is None else args.only
     unknown = [name for name in names if name not in figures]
     if unknown:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +75,8 @@ def register(subparsers) -> None:
     training.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
     output = parser.add_argument_group("output")
-    output.add_argument("--save", type=Path, help="directory for features, SAE weights, config and metrics")
+    output.add_argument("--save", type=Path, help="directory for features, SAE weights, config and metrics (new or empty)")
+    output.add_argument("--overwrite", action="store_true", help="let --save replace the files of a run already there")
     output.add_argument("--json", action="store_true", help="print the metrics as JSON")
     output.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=handle)
@@ -190,6 +192,8 @@ def handle(args) -> int:
         if args.threads < 1:
             raise ConfigError(f"threads: must be an integer >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
+    if args.save is not None:
+        check_output_directory("save", args.save, args.overwrite)
     result = run(config, features=features, progress=not args.quiet)
     if args.save is not None:
         save(result, args.save)
@@ -201,6 +205,17 @@ def handle(args) -> int:
     if args.save is not None:
         print(f"saved to {args.save}")
     return 0
+
+
+def check_output_directory(flag: str, path: Path, overwrite: bool) -> None:
+    """An output directory must be creatable and writable, and new or empty unless `overwrite` (before any work)."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag}: {str(path)!r} is a file, not a directory")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise ConfigError(f"{flag}: {str(path)!r} is not empty; choose a new directory or add --overwrite")
+    existing = next(parent for parent in (path, *path.parents) if parent.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag}: cannot create or write {str(path)!r} ({str(existing)!r} is not a writable directory)")
 
 
 def report(config: RecoverConfig, metrics: dict) -> str:

@@ -29,7 +29,7 @@ from simulations.engine.train import TrainConfig, resolve_device, train
 from simulations.experiments.export import sae_tensors
 from theory.metrics import feature_recovery_rate
 from theory.model import FeatureModel, SyntheticData
-from theory.validation import ConfigError, check_choice, check_int, multiple_setting
+from theory.validation import MAX_SEED, ConfigError, check_choice, check_int, multiple_setting
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class RecoverConfig:
         if not isinstance(self.method_config, METHODS[self.method]):
             raise ConfigError(f"method_config: method {self.method!r} needs a {METHODS[self.method].__name__}")
         self.method_config.check(self.method, self.sae.width)
-        check_int("seed", self.seed, 0)
+        check_int("seed", self.seed, 0, MAX_SEED)
         check_int("eval_samples", self.eval_samples, 1)
 
     def to_dict(self) -> dict:

@@ -118,6 +118,13 @@ class BiasAdaptationConfig(MethodConfig):
             if isinstance(settings.get(key), str):
                 settings[key] = frequency_setting(settings[key], feature_frequency, key)
         if "target_frequency" in settings:
+            both = sorted({"highest_target", "lowest_target"} & set(settings))
+            if both:
+                raise ConfigError(f"{both[0]}: give either target_frequency or highest_target/lowest_target, not both")
+            groups = settings.pop("groups", 1)
+            if groups != 1:
+                owner = "method 'ba' has" if method == "ba" else "a single target_frequency means"
+                raise ConfigError(f"groups: {owner} exactly 1 group, got {groups!r}")
             return cls.single(settings.pop("target_frequency"), **settings)
         return cls(**settings)
 

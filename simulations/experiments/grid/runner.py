@@ -240,6 +240,11 @@ def run_grid(
     if backend == "dask" and not scheduler:
         raise ConfigError("scheduler: --backend dask needs --scheduler ADDRESS (e.g. tcp://127.0.0.1:8786)")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out: {str(out)!r} is a file, not a directory")
+    missing = [str(directory) for directory in reuse if not (Path(directory) / POINTS).is_dir()]
+    if missing:
+        raise ConfigError(f"reuse: {', '.join(missing)} holds no grid points (no points/ folder)")
     points = spec.points()
     if (out / MANIFEST).is_file():
         try:

@@ -24,7 +24,7 @@ from simulations.engine.methods.bias_adaptation import TARGETS_WITHOUT_F
 from simulations.experiments.export import sae_tensors
 from simulations.engine.sae import SAEConfig, SparseAutoencoder
 from simulations.engine.train import Checkpoint, TrainConfig, resolve_device, train
-from theory.validation import ConfigError, check_choice, check_int
+from theory.validation import MAX_SEED, ConfigError, check_choice, check_int
 
 
 
@@ -57,7 +57,7 @@ class LLMRunConfig:
     def __post_init__(self):
         check_choice("method", self.method, tuple(METHODS))
         self.method_config()  # validates the settings before any work
-        check_int("seed", self.seed, 0)
+        check_int("seed", self.seed, 0, MAX_SEED)
         check_int("checkpoint_every", self.checkpoint_every, 1)
         if self.checkpoint_every % self.train.log_every:
             raise ConfigError(f"checkpoint_every: must be a multiple of log_every ({self.train.log_every}), got {self.checkpoint_every}")
