@@ -166,12 +166,11 @@ def config_from_args(args, features: np.ndarray | None) -> RecoverConfig:
         seed=args.seed,
     )
     bias_adaptation = {name: getattr(args, name) for name in BIAS_ADAPTATION_FLAGS if hasattr(args, name)}
+    settings = baseline_settings(args)  # refuses another method's flags
     if METHODS[args.method] is BiasAdaptationConfig:
         settings = bias_adaptation
     elif bias_adaptation:
         raise ConfigError(f"{next(iter(bias_adaptation))}: a setting of methods 'ba' and 'gba', not of {args.method!r}")
-    else:
-        settings = baseline_settings(args)
     method_config = METHODS[args.method].from_settings(settings, model.feature_frequency, args.method)
     return RecoverConfig(
         model=model,
