@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from simulations.reports.claims import render
-from simulations.reports.tables import RESULTS
+from simulations.reports.tables import RESULTS, check_results_directory
 from theory.validation import ConfigError
 
 SPECS = Path("simulations/specs")
@@ -54,8 +54,7 @@ def verify(args) -> int:
 
 
 def handle(args) -> int:
-    if not args.results.is_dir():
-        raise ConfigError(f"results: {str(args.results)!r} is not a directory of result tables")
+    check_results_directory(args.results)
     if args.verify is not None:
         return verify(args)
     text = render(args.results)

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from simulations.reports.plots import load_all
-from simulations.reports.tables import RESULTS, MissingTable
+from simulations.reports.tables import RESULTS, MissingTable, check_results_directory
 from theory.validation import ConfigError
 
 
@@ -29,8 +29,7 @@ def handle(args) -> int:
     if args.list:
         print("\n".join(sorted(figures)))
         return 0
-    if not args.results.is_dir():
-        raise ConfigError(f"results: {str(args.results)!r} is not a directory of result tables")
+    check_results_directory(args.results)
     names = sorted(figures) if args.only is None else args.only
     unknown = [name for name in names if name not in figures]
     if unknown:

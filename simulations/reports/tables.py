@@ -25,6 +25,12 @@ class MissingTable(ConfigError):
     """A figure or check needs a result table that has not been made yet."""
 
 
+def check_results_directory(results: Path) -> None:
+    """A directory of result tables given by the user must exist (a clear error, not silence)."""
+    if not Path(results).is_dir():
+        raise ConfigError(f"results: {str(results)!r} is not a directory of result tables")
+
+
 def grid_command(name: str, parallel: str = "--jobs 2") -> str:
     """The command that makes (or completes) the table `name`, with the parallelism it was made with."""
     return f"gba grid run simulations/specs/{name}.toml --out simulations/results/{name} {parallel}"
