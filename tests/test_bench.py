@@ -31,3 +31,15 @@ def test_step_records_have_their_keys_and_a_table(tmp_path):
     text = bench.table([{"kind": "step", **r} for r in records])
     assert "ratio_to_matmul" in text and "gba" in text
     json.dumps(records)
+
+
+def test_the_command_line_sets_a_short_openmp_spin_unless_the_environment_has_one():
+    import os
+    import subprocess
+    import sys
+
+    script = "import os, simulations.commands; print(os.environ['GOMP_SPINCOUNT'])"
+    environment = {key: value for key, value in os.environ.items() if key != "GOMP_SPINCOUNT"}
+    assert subprocess.run([sys.executable, "-c", script], env=environment, capture_output=True, text=True).stdout.strip() == "1000"
+    environment["GOMP_SPINCOUNT"] = "5"
+    assert subprocess.run([sys.executable, "-c", script], env=environment, capture_output=True, text=True).stdout.strip() == "5"

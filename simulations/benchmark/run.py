@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 import statistics
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -276,6 +279,28 @@ def saelens_speedups(records: list[dict]) -> list[dict]:
     return records
 
 
+def busy_machine_records(steps: int) -> list[dict]:
+    """`gba recover` on its default instance (`steps` steps, 1 CPU-bound thread per core) alone and
+    beside a process that holds one core, started and stopped here; each run is a fresh process,
+    as OpenMP reads its settings when torch loads."""
+    command = [sys.executable, "-m", "simulations.commands.gba", "recover", "--quiet", "--steps", str(steps)]
+
+    def seconds() -> float:
+        started = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True)
+        return time.perf_counter() - started
+
+    quiet = seconds()
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        busy = seconds()
+    finally:
+        hog.kill()
+        hog.wait()
+    return [{"kind": "busy_machine", "method": "ba", "steps": steps, "quiet_seconds": quiet, "busy_seconds": busy,
+             "ratio": busy / quiet, "gomp_spincount": os.environ.get("GOMP_SPINCOUNT")}]
+
+
 def run_bench(quick: bool) -> list[dict]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     repeats = 3 if quick else 5
@@ -293,6 +318,7 @@ def run_bench(quick: bool) -> list[dict]:
     records += sampler_records(shapes, repeats)
     records += grid_records(points=4 if quick else 8, steps=100 if quick else 300)
     records += bf16_records(repeats, device, steps=100 if quick else 400, quick=quick)
+    records += busy_machine_records(steps=300 if quick else 1000)
     try:
         records += saelens_records(shapes[1:2] if quick else shapes, repeats, device, ("topk",) if quick else ("topk", "standard"))
     except ImportError as error:
