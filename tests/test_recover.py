@@ -201,3 +201,17 @@ def test_the_cli_a_grid_point_and_the_python_api_resolve_to_the_same_defaults(me
         f = point.model.feature_frequency
         assert point.method_config.groups == 10
         assert point.method_config.targets() == pytest.approx(np.geomspace(4 * f, f / 4, 10))
+
+
+def test_every_recover_flag_states_its_default_once():
+    import argparse
+
+    from simulations.commands.gba import build_parser
+
+    subparsers = next(action for action in build_parser()._actions if isinstance(action, argparse._SubParsersAction))
+    for action in subparsers.choices["recover"]._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        stated = (action.help or "").count("(default:")
+        added = action.default is not argparse.SUPPRESS and action.help is not None  # the formatter appends one
+        assert action.help and stated + added == 1, (action.option_strings, action.help)

@@ -32,19 +32,23 @@ def register(subparsers) -> None:
     model.add_argument("--n", type=int, default=256, help="number of features")
     model.add_argument("--d", type=int, default=48, help="ambient dimension")
     model.add_argument("--s", type=int, nargs="+", default=[3], help="features per sample (several values mix)")
-    model.add_argument("--coefficients", choices=["constant", "uniform"], default="constant")
-    model.add_argument("--coefficient-range", type=float, nargs=2, default=[0.5, 1.5], metavar=("LOW", "HIGH"))
+    model.add_argument("--coefficients", choices=["constant", "uniform"], default="constant",
+                       help="each active feature's coefficient: 1, or uniform on --coefficient-range")
+    model.add_argument("--coefficient-range", type=float, nargs=2, default=[0.5, 1.5], metavar=("LOW", "HIGH"),
+                       help="range of uniform coefficients")
     model.add_argument("--frequency-decay", type=float, default=0.0, help="Zipf exponent of feature frequencies")
-    model.add_argument("--noise-std", type=float, default=0.0)
-    model.add_argument("--features", type=Path, help="safetensors file with tensor V (n x d); overrides --n/--d")
+    model.add_argument("--noise-std", type=float, default=0.0, help="standard deviation of Gaussian noise added to each sample")
+    model.add_argument("--features", type=Path, default=argparse.SUPPRESS,
+                       help="safetensors file with tensor V (n x d); overrides --n/--d (default: Gaussian V)")
 
     sae = parser.add_argument_group("autoencoder")
     sae.add_argument("--width", type=int, default=1024, help="number of neurons M")
     sae.add_argument("--untied", action="store_true", help="separate encoder and decoder matrices")
-    sae.add_argument("--initial-scale", type=float, default=SAEConfig.initial_scale)
+    sae.add_argument("--initial-scale", type=float, default=SAEConfig.initial_scale,
+                     help="initial output scale a (tied) or decoder row norm (untied)")
 
     method = parser.add_argument_group("method")
-    method.add_argument("--method", choices=list(METHODS), default="ba")
+    method.add_argument("--method", choices=list(METHODS), default="ba", help="training method")
     # Absent flags leave the setting to BiasAdaptationConfig.from_settings, the one source of its defaults.
     ba, gba = DEFAULT_TARGETS["ba"], DEFAULT_TARGETS["gba"]
     method.add_argument("--target-frequency", dest="target_frequency", default=argparse.SUPPRESS,
@@ -67,15 +71,16 @@ def register(subparsers) -> None:
     add_method_flags(parser.add_argument_group("baseline methods (defaults: the method's config)"))
 
     training = parser.add_argument_group("training")
-    training.add_argument("--steps", type=int, default=TrainConfig.steps)
-    training.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    training.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate)
+    training.add_argument("--steps", type=int, default=TrainConfig.steps, help="optimiser steps")
+    training.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="samples per step")
+    training.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate, help="Adam's learning rate")
     training.add_argument("--seed", type=int, default=0, help="seed of V, the SAE initialisation and the data")
-    training.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    training.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    training.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when available")
+    training.add_argument("--threads", type=int, default=argparse.SUPPRESS, help="torch CPU threads (default: torch's choice)")
 
     output = parser.add_argument_group("output")
-    output.add_argument("--save", type=Path, help="directory for features, SAE weights, config and metrics (new or empty)")
+    output.add_argument("--save", type=Path, default=argparse.SUPPRESS,
+                        help="directory for features, SAE weights, config and metrics, new or empty (default: no files)")
     output.add_argument("--overwrite", action="store_true", help="let --save replace the files of a run already there")
     output.add_argument("--json", action="store_true", help="print the metrics as JSON")
     output.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -185,24 +190,26 @@ def config_from_args(args, features: np.ndarray | None) -> RecoverConfig:
 
 
 def handle(args) -> int:
-    features = load_features(args.features) if args.features is not None else None
+    # Flags without a default value are absent from `args` when not given (their help states the default).
+    features_path, save_directory, threads = (getattr(args, name, None) for name in ("features", "save", "threads"))
+    features = load_features(features_path) if features_path is not None else None
     config = config_from_args(args, features)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError(f"threads: must be an integer >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    if args.save is not None:
-        check_output_directory("save", args.save, args.overwrite)
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError(f"threads: must be an integer >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    if save_directory is not None:
+        check_output_directory("save", save_directory, args.overwrite)
     result = run(config, features=features, progress=not args.quiet)
-    if args.save is not None:
-        save(result, args.save)
+    if save_directory is not None:
+        save(result, save_directory)
     metrics = result.metrics
     if args.json:
         print(json.dumps({k: v for k, v in metrics.items() if k != "groups"}, indent=2))
     else:
         print(report(config, metrics))
-    if args.save is not None:
-        print(f"saved to {args.save}")
+    if save_directory is not None:
+        print(f"saved to {save_directory}")
     return 0
 
 
