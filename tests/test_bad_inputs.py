@@ -37,6 +37,10 @@ CASES = [
     (["grid", "run", "{tmp}/spec.toml", "--out", "{tmp}/a_file"], "out: .* is a file"),
     (["grid", "run", "{tmp}/spec.toml", "--out", "{tmp}/out", "--reuse", "{tmp}/nowhere"], "reuse: .* holds no grid points"),
     (["grid", "table", "{tmp}/full"], "has no grid.json"),
+    (["llm", "frontier", "--seeds", "0", "--root", "{tmp}/out"], "seeds: must lie in \\[1, inf\\]"),
+    (["llm", "frontier", "--l1", "-0.1", "--root", "{tmp}/out"], "l1_coefficient: must lie in"),
+    (["llm", "frontier", "--topk", "--root", "{tmp}/out"], "--topk: expected at least one argument"),
+    (["llm", "train", "--method", "topk", "--set", "kk=3", "--root", "{tmp}/out"], "kk not a setting of 'topk' \\(its settings: aux_coefficient"),
     (["grid", "status", "{tmp}/full"], "has no grid.json"),
 ]
 
@@ -45,8 +49,19 @@ CASES = [
 def test_bad_input_is_one_line_with_status_2(paths, capsys, argv, message):
     import re
 
-    assert main([arg.format(tmp=paths) for arg in argv]) == 2
+    try:
+        status = main([arg.format(tmp=paths) for arg in argv])
+    except SystemExit as exit:  # argparse's own errors
+        status = exit.code
+    assert status == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "Traceback" not in err, err
     assert re.search(message, err), err
     assert not (paths / "out").exists()  # nothing was started
+
+
+def test_a_model_path_that_does_not_exist_is_one_line(paths, capsys):
+    pytest.importorskip("transformers")
+    assert main(["llm", "extract", "--model", str(paths / "no_model"), "--root", str(paths / "root")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "model: " in err and "is not a directory" in err, err

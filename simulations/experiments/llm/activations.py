@@ -122,8 +122,13 @@ def load_model(name: str, cache_root: Path, device: torch.device):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if name != DEFAULT_MODEL:
-        tokenizer = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
+        if name.startswith((".", "/", "~")) and not Path(name).expanduser().is_dir():
+            raise ConfigError(f"model: {name!r} is not a directory (a local model path, or a Hugging Face model name)")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name)
+            model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"model: could not load {name!r} ({str(error).splitlines()[0]})") from None
         return model.to(device).eval(), tokenizer
     cached = Path(cache_root) / "models" / DEFAULT_MODEL
     if not (cached / "config.json").is_file():

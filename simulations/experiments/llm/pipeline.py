@@ -59,6 +59,7 @@ class PlannedRun:
 
 def default_plan(seeds: int = 3, topk=(16, 32, 64), l1=(0.01, 0.03, 0.1), ba=(0.01,)) -> list[PlannedRun]:
     """GBA (paper defaults) over `seeds` seeds, a TopK sweep, an L1 sweep and BA; the middle TopK and L1 settings also over the seeds."""
+    check_int("seeds", seeds, 1)
     plan = [PlannedRun("gba", tuple({**TARGETS_WITHOUT_F, **CPU_SCALE_CONTROLLER}.items()), seed) for seed in range(seeds)]
     plan += [PlannedRun("ba", (("target_frequency", p), *CPU_SCALE_CONTROLLER.items())) for p in ba]
     plan += [PlannedRun("topk", (("k", k),)) for k in topk]
@@ -95,6 +96,9 @@ def run_pipeline(config: PipelineConfig, plan: list[PlannedRun], root: str | Pat
     missing = sorted({run.method for run in plan} - set(METHODS))
     if missing:
         raise ConfigError(f"method: {', '.join(missing)} not registered in simulations.engine.methods.METHODS")
+    for planned in plan:  # every run's settings are checked before the first one starts
+        LLMRunConfig(cache="", method=planned.method, method_settings=dict(planned.settings), train=config.train,
+                     seed=planned.seed, checkpoint_every=config.checkpoint_every)
     root, results_dir = Path(root), Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     seconds = {}

@@ -71,8 +71,10 @@ class LLMRunConfig:
             if "target_frequency" in settings and hasattr(config_class, "single"):
                 return config_class.single(settings.pop("target_frequency"), **settings)
             return config_class(**settings)
-        except TypeError as error:
-            raise ConfigError(f"method_settings: {error}") from None
+        except TypeError:
+            allowed = ", ".join(sorted(config_class.setting_names()))
+            unknown = ", ".join(sorted(set(settings) - config_class.setting_names())) or "(a duplicate setting)"
+            raise ConfigError(f"method_settings: {unknown} not a setting of {self.method!r} (its settings: {allowed})") from None
 
     def to_dict(self) -> dict:
         return {
