@@ -84,7 +84,8 @@ class TopK(LearnedBiasMethod):
 
     def loss(self, codes: Codes, residual: torch.Tensor, decoder: torch.Tensor) -> torch.Tensor | float:
         """AuxK: the dead latents' largest pre-activations reconstruct the residual (dense step only)."""
-        if not self.needs_dense_step:
+        # The loop takes the sparse step only while no latent is dead, so it never needs AuxK.
+        if not codes.dense or not self.needs_dense_step:
             return 0.0
         dead = self.dead()
         dead_count = int(dead.sum())

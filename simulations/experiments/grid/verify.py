@@ -33,8 +33,13 @@ class Verification:
         return not self.differences
 
 
+def _empty(value) -> bool:
+    """None or NaN: a column a row does not fill."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def _same(committed, rerun) -> bool:
-    if pd.isna(committed) and (rerun is None or (isinstance(rerun, float) and math.isnan(rerun))):
+    if pd.isna(committed) and _empty(rerun):
         return True
     if str(committed) == str(rerun):
         return True
@@ -61,7 +66,7 @@ def verify_row(spec: GridSpec, row: pd.Series) -> Verification:
         if column in CIRCUMSTANCES or column.startswith("version_"):
             continue
         value = rerun.get(column)
-        if pd.isna(committed) and not (value is None or (isinstance(value, float) and math.isnan(value))):
+        if pd.isna(committed) and not _empty(value):
             added.append(column)
         elif not _same(committed, value):
             differences.append((column, committed, value))
