@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from simulations.experiments.grid.verify import CROSS_PROCESSOR_TOLERANCE
 from simulations.reports.claims import render
 from simulations.reports.tables import RESULTS, check_results_directory
 from theory.validation import ConfigError
@@ -23,7 +24,8 @@ def register(subparsers) -> None:
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if --out differs from what would be written")
     parser.add_argument("--verify", nargs="*", metavar="GRID",
                         help="write nothing; re-run the cheapest committed point of each grid under --results (or of the "
-                        "GRIDs named) with the code in this tree and exit 1 unless every measured column is identical")
+                        "GRIDs named) with the code in this tree and exit 1 unless every measured column is identical (on the "
+                        f"processor that made the row; within {CROSS_PROCESSOR_TOLERANCE} on another) (default: off; GRIDs default to every grid)")
     parser.add_argument("--points", type=int, default=1, help="points per grid for --verify (default 1)")
     parser.add_argument("--specs", type=Path, default=SPECS, help=f"grid specs for --verify (default {SPECS})")
     parser.set_defaults(handler=handle)
@@ -44,8 +46,9 @@ def verify(args) -> int:
     for name in names:
         for result in verify_grid(args.specs, args.results, name, args.points):
             added = f" ({len(result.added)} metric columns newer than the table)" if result.added else ""
+            how = "" if result.exact else f" within {CROSS_PROCESSOR_TOLERANCE} (the table was made on another processor)"
             if result.identical:
-                print(f"{name} {result.key} {result.method}: identical{added}")
+                print(f"{name} {result.key} {result.method}: identical{how}{added}")
             else:
                 failed += 1
                 listed = "; ".join(f"{column} {committed!r} -> {rerun!r}" for column, committed, rerun in result.differences)
