@@ -12,7 +12,7 @@ from simulations.benchmark.run import run_bench, table
 def register(subparsers) -> None:
     parser = subparsers.add_parser("bench", help="time the training step, controller, sampler, batched grids, bf16 and SAELens")
     parser.add_argument("--quick", action="store_true", help="two shapes, GBA only, short grid and bf16 runs (~1-2 min idle)")
-    parser.add_argument("--json", type=Path, default=None, help="write the records to this JSON file")
+    parser.add_argument("--json", type=Path, default=None, help="write the records to this JSON file (default: print them only)")
     parser.set_defaults(handler=handle)
 
 

@@ -18,7 +18,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--results", type=Path, default=RESULTS, help=f"result tables (default {RESULTS})")
     parser.add_argument("--out", type=Path, default=Path("figures"), help="where the PNGs go (default figures)")
-    parser.add_argument("--only", nargs="+", metavar="NAME", help="draw only these figures")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="draw only these figures (default: every registered figure)")
     parser.add_argument("--list", action="store_true", help="list the registered figures and exit")
     parser.add_argument("--strict", action="store_true", help="exit 1 if a figure's table is missing")
     parser.set_defaults(handler=handle)

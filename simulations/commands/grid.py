@@ -24,9 +24,11 @@ def register(subparsers) -> None:
     run.add_argument("--jobs", type=int, default=1,
                      help="parallel points: 1 = this process with --threads torch threads (big points); "
                      "N > 1 = N loky workers with one thread each (many small points)")
-    run.add_argument("--threads", type=int, default=None, help="torch threads when --jobs 1 (default: torch's choice)")
-    run.add_argument("--backend", choices=["loky", "dask"], default="loky")
-    run.add_argument("--scheduler", help="Dask scheduler address for --backend dask (tcp://HOST:PORT)")
+    run.add_argument("--threads", type=int, default=argparse.SUPPRESS, help="torch threads when --jobs 1 (default: torch's choice)")
+    run.add_argument("--backend", choices=["loky", "dask"], default="loky",
+                     help="where --jobs > 1 runs: loky worker processes here, or a Dask cluster at --scheduler")
+    run.add_argument("--scheduler", default=argparse.SUPPRESS,
+                     help="Dask scheduler address for --backend dask (tcp://HOST:PORT) (default: a local cluster)")
     run.add_argument("--reuse", type=Path, nargs="+", default=[], metavar="DIR",
                      help="other grids' output directories whose finished points with the same config are copied, not re-run")
     run.add_argument("--stack", type=int, default=1,
@@ -47,8 +49,8 @@ def register(subparsers) -> None:
 
 def handle_run(args) -> int:
     spec = GridSpec.from_toml(args.spec)
-    counts = run_grid(spec, args.out, jobs=args.jobs, backend=args.backend, scheduler=args.scheduler,
-                      threads=args.threads, progress=not args.quiet, reuse=tuple(args.reuse),
+    counts = run_grid(spec, args.out, jobs=args.jobs, backend=args.backend, scheduler=getattr(args, "scheduler", None),
+                      threads=getattr(args, "threads", None), progress=not args.quiet, reuse=tuple(args.reuse),
                       stack=args.stack)
     print(f"{spec.name}: {counts['total']} points, {counts['skipped']} already done, {counts['reused']} reused, "
           f"{counts['ran']} ran")

@@ -28,24 +28,24 @@ def _activation_arguments(parser) -> None:
     group.add_argument("--model", default=DEFAULT_MODEL, help="HF causal LM (hub name or local path), or the offline default")
     group.add_argument("--layer", type=int, default=ActivationConfig.layer, help="block index (0-based)")
     group.add_argument("--site", choices=SITES, default=ActivationConfig.site, help="MLP output or residual stream after the block")
-    group.add_argument("--corpus", choices=CORPORA, default=ActivationConfig.corpus)
+    group.add_argument("--corpus", choices=CORPORA, default=ActivationConfig.corpus, help="text the model reads (KJV Bible, Python docs)")
     group.add_argument("--context", type=int, default=ActivationConfig.context, help="tokens per sequence")
     group.add_argument("--drop-first", type=int, default=ActivationConfig.drop_first, help="leading positions not stored")
     group.add_argument("--tokens", type=int, default=ActivationConfig.tokens, help="training tokens to extract")
     group.add_argument("--eval-tokens", type=int, default=ActivationConfig.eval_tokens, help="held-out tokens")
     group.add_argument("--extract-batch", type=int, default=ActivationConfig.batch_size, help="sequences per forward pass")
     group.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="folder of the model/activation cache and the runs")
-    group.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    group.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    group.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when available")
+    group.add_argument("--threads", type=int, default=argparse.SUPPRESS, help="torch CPU threads (default: torch's choice)")
     group.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _training_arguments(parser, steps: int, batch_size: int, learning_rate: float) -> None:
     group = parser.add_argument_group("training")
     group.add_argument("--width", type=int, default=4096, help="SAE width M")
-    group.add_argument("--steps", type=int, default=steps)
+    group.add_argument("--steps", type=int, default=steps, help="optimiser steps")
     group.add_argument("--batch-size", type=int, default=batch_size, help="tokens per step")
-    group.add_argument("--learning-rate", type=float, default=learning_rate)
+    group.add_argument("--learning-rate", type=float, default=learning_rate, help="Adam learning rate")
     group.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (a multiple of 25)")
 
 
@@ -64,20 +64,20 @@ def register(subparsers) -> None:
     command = commands.add_parser("train", help="train one SAE on the cache (checkpointed, resumable)", formatter_class=formatter)
     _activation_arguments(command)
     _training_arguments(command, defaults.steps, defaults.batch_size, defaults.learning_rate)
-    command.add_argument("--method", choices=sorted(METHODS), default="gba")
+    command.add_argument("--method", choices=sorted(METHODS), default="gba", help="training method")
     command.add_argument(
-        "--set", action="append", default=[], metavar="NAME=VALUE",
-        help="a method setting, e.g. k=32, l1_coefficient=0.03, target_frequency=0.01 (default for gba: the paper's K=10, 0.1 -> 0.001)",
+        "--set", action="append", default=argparse.SUPPRESS, metavar="NAME=VALUE",
+        help="a method setting, e.g. k=32, l1_coefficient=0.03, target_frequency=0.01 (default: the method's own; for gba the paper's K=10, 0.1 -> 0.001)",
     )
-    command.add_argument("--seed", type=int, default=0)
-    command.add_argument("--out", type=Path, help="run directory (default: ROOT/runs/<cache>/<method>-...-s<seed>)")
+    command.add_argument("--seed", type=int, default=0, help="seed of the SAE initialisation and the batch order")
+    command.add_argument("--out", type=Path, default=argparse.SUPPRESS, help="run directory (default: ROOT/runs/<cache>/<method>-...-s<seed>)")
     command.set_defaults(handler=handle_train)
 
     command = commands.add_parser("eval", help="metrics of finished runs on the held-out split", formatter_class=formatter)
     command.add_argument("run_dirs", type=Path, nargs="+")
     command.add_argument("--ce-sequences", type=int, default=32, help="eval sequences for the spliced CE / KL")
     command.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="folder of the model cache")
-    command.add_argument("--threads", type=int, default=None)
+    command.add_argument("--threads", type=int, default=argparse.SUPPRESS, help="torch CPU threads (default: torch's choice)")
     command.add_argument("--json", action="store_true")
     command.set_defaults(handler=handle_eval)
 
@@ -90,16 +90,17 @@ def register(subparsers) -> None:
     command.add_argument("--topk", type=int, nargs="+", default=[16, 32, 64], help="TopK sweep (k values)")
     command.add_argument("--l1", type=float, nargs="+", default=[0.01, 0.03, 0.1], help="ReLU-L1 sweep (coefficients)")
     command.add_argument("--ba", type=float, nargs="+", default=[0.01], help="BA target frequencies")
-    command.add_argument("--ce-sequences", type=int, default=32)
+    command.add_argument("--ce-sequences", type=int, default=32, help="eval sequences for the spliced CE / KL")
     command.add_argument("--results", type=Path, default=Path("simulations/results/llm"), help="folder of the result tables")
     command.set_defaults(handler=handle_frontier)
 
 
 def _threads(args) -> None:
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError(f"threads: must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    threads = getattr(args, "threads", None)
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError(f"threads: must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
 
 
 def _activation_config(args) -> ActivationConfig:
@@ -140,7 +141,7 @@ def handle_train(args) -> int:
 
     _threads(args)
     settings = {}
-    for item in args.set:
+    for item in getattr(args, "set", []):
         name, _, value = item.partition("=")
         if not name or not value:
             raise ConfigError(f"set: must look like NAME=VALUE, got {item!r}")
@@ -154,7 +155,7 @@ def handle_train(args) -> int:
     folder = extract(_activation_config(args), args.root / "cache", progress=not args.quiet)
     config = LLMRunConfig.from_dict({**config.to_dict(), "cache": str(folder)})
     name = PlannedRun(args.method, tuple(settings.items()), args.seed).name
-    run_dir = train_run(config, args.out or args.root / "runs" / folder.name / name, progress=not args.quiet)
+    run_dir = train_run(config, getattr(args, "out", None) or args.root / "runs" / folder.name / name, progress=not args.quiet)
     print(f"trained {run_dir}")
     return 0
 
