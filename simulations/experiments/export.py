@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from simulations.experiments.files import atomic_path, read_json, write_atomically
 from theory.validation import ConfigError
 
 DEFAULT_TOPK = 32
@@ -61,8 +62,15 @@ def export_saelens(run_dir: str | Path, out_dir: str | Path) -> Path:
     weights_path, config_path = run_dir / "sae.safetensors", run_dir / "config.json"
     if not weights_path.is_file() or not config_path.is_file():
         raise ConfigError(f"run_dir: {run_dir} needs sae.safetensors and config.json (gba recover --save, or a finished gba llm run)")
-    tensors = load_file(str(weights_path))
-    method, settings, normalised, metadata = _run_settings(json.loads(config_path.read_text()))
+    config = read_json(config_path, "run_dir")
+    if not isinstance(config.get("method"), str) or not isinstance(config.get("train"), dict) or "normalise_inputs" not in config["train"]:
+        raise ConfigError(f"run_dir: {str(config_path)!r} is not a run's config (it needs 'method' and 'train.normalise_inputs')")
+    try:
+        tensors = load_file(str(weights_path))
+    except Exception as error:  # safetensors raises its own error type for every kind of bad file
+        raise ConfigError(f"run_dir: {str(weights_path)!r} is not a readable safetensors file ({error})") from None
+    check_tensors(tensors, weights_path)
+    method, settings, normalised, metadata = _run_settings(config)
     d, width = tensors["W_enc"].shape
     scale = math.sqrt(d) if normalised else 1.0
     weights = {
@@ -87,7 +95,21 @@ def export_saelens(run_dir: str | Path, out_dir: str | Path) -> Path:
     else:
         cfg["architecture"] = "topk"
         cfg["k"] = int(settings.get("k", DEFAULT_TOPK))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_file({name: value.astype("float32") for name, value in weights.items()}, str(out_dir / "sae_weights.safetensors"))
-    (out_dir / "cfg.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    with atomic_path(out_dir / "sae_weights.safetensors") as path:
+        save_file({name: value.astype("float32") for name, value in weights.items()}, str(path))
+    write_atomically(out_dir / "cfg.json", json.dumps(cfg, indent=2) + "\n")
     return out_dir
+
+
+def check_tensors(tensors: dict[str, np.ndarray], path: Path) -> None:
+    """The saved SAE's tensors are all there, with consistent shapes: W_enc (d, M), W_dec (M, d), b_dec (d,), b_enc and threshold (M,)."""
+    missing = sorted({"W_enc", "W_dec", "b_dec", "b_enc"} - set(tensors))
+    if missing:
+        raise ConfigError(f"run_dir: {str(path)!r} lacks tensor(s) {', '.join(missing)} (found {', '.join(sorted(tensors)) or 'none'})")
+    if tensors["W_enc"].ndim != 2:
+        raise ConfigError(f"run_dir: W_enc in {str(path)!r} must be a (d, M) matrix, got shape {tensors['W_enc'].shape}")
+    d, width = tensors["W_enc"].shape
+    expected = {"W_dec": (width, d), "b_dec": (d,), "b_enc": (width,), "threshold": (width,)}
+    for name, shape in expected.items():
+        if name in tensors and tensors[name].shape != shape:
+            raise ConfigError(f"run_dir: {name} in {str(path)!r} must have shape {shape} to match W_enc {(d, width)}, got {tensors[name].shape}")

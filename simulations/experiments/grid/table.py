@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from simulations.experiments.grid.runner import finished_keys, read_manifest, read_record, write_atomically
+from simulations.experiments.files import atomic_path, write_atomically
+from simulations.experiments.grid.runner import finished_keys, read_manifest, read_record
 from simulations.experiments.grid.spec import POINTS
 from theory.validation import ConfigError
 
@@ -94,7 +95,8 @@ def write_table(out: str | Path) -> tuple[Path, Path, Path]:
     table = grid_table(out)
     csv, parquet, history = out / "results.csv", out / "results.parquet", out / "history.csv"
     write_atomically(csv, table.to_csv(index=False))
-    table.to_parquet(parquet, index=False)
+    with atomic_path(parquet) as path:
+        table.to_parquet(path, index=False)
     write_atomically(history, grid_history(out).to_csv(index=False))
     return csv, parquet, history
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from simulations.experiments.llm.data import load_split, shuffled_batches
 from simulations.engine.methods import METHODS, MethodConfig
 from simulations.engine.methods.bias_adaptation import TARGETS_WITHOUT_F
 from simulations.experiments.export import sae_tensors
+from simulations.experiments.files import atomic_path, read_json, write_atomically
 from simulations.engine.sae import SAEConfig, SparseAutoencoder
 from simulations.engine.train import Checkpoint, TrainConfig, resolve_device, train
 from theory.validation import MAX_SEED, ConfigError, check_choice, check_int
@@ -104,9 +106,22 @@ def build(config: LLMRunConfig, d: int, device) -> tuple[SparseAutoencoder, obje
 
 
 def _atomic_save(state: dict, path: Path) -> None:
-    partial = path.with_suffix(".partial")
-    torch.save(state, partial)
-    os.replace(partial, path)
+    with atomic_path(path) as partial:
+        torch.save(state, partial)
+
+
+def read_checkpoint(path: Path, device) -> dict | None:
+    """The checkpoint at `path`, or None when there is none; one that does not load is moved aside
+    (`checkpoint.unreadable.pt`, named on stderr) and the run starts again from step 0."""
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except Exception as error:  # a truncated or foreign file: torch raises several error types
+        aside = path.with_name(f"{path.stem}.unreadable{path.suffix}")
+        os.replace(path, aside)
+        print(f"{path}: does not load ({type(error).__name__}); moved to {aside.name}, training starts again", file=sys.stderr)
+        return None
 
 
 def train_run(config: LLMRunConfig, run_dir: str | Path, progress: bool = True) -> Path:
@@ -115,16 +130,16 @@ def train_run(config: LLMRunConfig, run_dir: str | Path, progress: bool = True) 
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "config.json"
     settings = config.to_dict()
-    if config_path.is_file() and json.loads(config_path.read_text()) != settings:
+    if config_path.is_file() and read_json(config_path, "run_dir") != settings:
         raise ConfigError(f"run_dir: {run_dir} holds a run with other settings; use another directory")
-    config_path.write_text(json.dumps(settings, indent=2) + "\n")
+    write_atomically(config_path, json.dumps(settings, indent=2) + "\n")
     if (run_dir / "done.json").is_file():
         return run_dir
     device = resolve_device(config.train.device)
     data = load_split(config.cache, "train", config.max_tokens)
     sae, method = build(config, data.d, device)
     checkpoint_path = run_dir / "checkpoint.pt"
-    state = torch.load(checkpoint_path, map_location=device, weights_only=False) if checkpoint_path.is_file() else None
+    state = read_checkpoint(checkpoint_path, device)
     start = 0 if state is None else int(state["step"])
     batches = shuffled_batches(data.activations, config.train.batch_size, config.seed, start, device)
     history = train(
@@ -135,10 +150,12 @@ def train_run(config: LLMRunConfig, run_dir: str | Path, progress: bool = True) 
         progress=progress,
         checkpoint=Checkpoint(config.checkpoint_every, lambda s: _atomic_save(s, checkpoint_path), state),
     )
-    save_file(sae_tensors(sae, method), str(run_dir / "sae.safetensors"))
-    torch.save({"sae": sae.state_dict(), "method": method.state_dict()}, run_dir / "final.pt")
-    history.to_csv(run_dir / "history.csv", index=False)
-    (run_dir / "done.json").write_text(json.dumps({"steps": config.train.steps, "d": data.d, "mean_norm": data.mean_norm}) + "\n")
+    with atomic_path(run_dir / "sae.safetensors") as path:
+        save_file(sae_tensors(sae, method), str(path))
+    _atomic_save({"sae": sae.state_dict(), "method": method.state_dict()}, run_dir / "final.pt")
+    write_atomically(run_dir / "history.csv", history.to_csv(index=False))
+    # Written last: a run with done.json has every other file whole.
+    write_atomically(run_dir / "done.json", json.dumps({"steps": config.train.steps, "d": data.d, "mean_norm": data.mean_norm}) + "\n")
     checkpoint_path.unlink(missing_ok=True)
     return run_dir
 
@@ -148,8 +165,8 @@ def load_run(run_dir: str | Path, device="cpu") -> tuple[LLMRunConfig, SparseAut
     run_dir = Path(run_dir)
     if not (run_dir / "done.json").is_file():
         raise ConfigError(f"run_dir: {run_dir} has no finished run (no done.json)")
-    config = LLMRunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
-    done = json.loads((run_dir / "done.json").read_text())
+    config = LLMRunConfig.from_dict(read_json(run_dir / "config.json", "run_dir"))
+    done = read_json(run_dir / "done.json", "run_dir")
     sae, method = build(config, done["d"], device)
     state = torch.load(run_dir / "final.pt", map_location=device, weights_only=False)
     sae.load_state_dict(state["sae"])
