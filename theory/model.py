@@ -50,13 +50,17 @@ class FeatureModel:
     """Seed of the feature matrix V (Gaussian rows, normalised)."""
 
     def __post_init__(self):
-        check_int("n", self.n, 1)
+        check_int("n", self.n, 2)
         check_int("d", self.d, 1)
         values = self.sparsity_values
         if len(values) == 0:
             raise ConfigError("sparsity: must name at least one value")
         for s in values:
-            check_int("sparsity (s)", s, 1, self.n)
+            check_int("sparsity (s)", s, 1)
+            if s >= self.n:
+                # At s = n every sample holds every feature: nothing is sparse, and with constant
+                # coefficients every sample is the same vector (zero variance).
+                raise ConfigError(f"sparsity (s): must lie in [1, n - 1] = [1, {self.n - 1}], got {s} (at s = n every sample holds every feature)")
         if self.sparsity_weights is not None:
             if len(self.sparsity_weights) != len(values):
                 raise ConfigError(
@@ -144,6 +148,19 @@ def normalise_rows(matrix: np.ndarray) -> np.ndarray:
     return (matrix / norms).astype(np.float32)
 
 
+def check_distinct_rows(features: np.ndarray) -> None:
+    """Two equal unit rows make their features indistinguishable (no SAE can tell them apart): an error."""
+    rounded = np.round(features, 6)
+    _, first, counts = np.unique(rounded, axis=0, return_index=True, return_counts=True)
+    if np.any(counts > 1):
+        row = int(first[np.argmax(counts > 1)])
+        twin = int(np.flatnonzero((rounded == rounded[row]).all(axis=1))[1])
+        raise ConfigError(
+            f"features: rows {row} and {twin} are the same direction (after normalising), so these features "
+            f"cannot be told apart; {int((counts - 1).sum())} row(s) repeat an earlier one"
+        )
+
+
 class SyntheticData:
     """A `FeatureModel` made concrete: the feature matrix V and a sampler of batches."""
 
@@ -158,6 +175,7 @@ class SyntheticData:
             if features.ndim != 2 or features.shape != (model.n, model.d):
                 raise ConfigError(f"features: must have shape (n, d) = ({model.n}, {model.d}), got {features.shape}")
             self.features = normalise_rows(features)
+            check_distinct_rows(self.features)
         else:
             self.features = gaussian_features(model.n, model.d, model.seed)
         self.model = model

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,8 @@ from simulations.engine.methods.base import field_docs
 from simulations.engine.methods.bias_adaptation import DEFAULT_TARGETS, BiasAdaptationConfig
 from simulations.engine.sae import SAEConfig
 from simulations.engine.train import TrainConfig
-from simulations.experiments.recover import RecoverConfig, run, save
+from simulations.experiments.files import check_output_directory
+from simulations.experiments.recover import RecoverConfig, check_memory, run, save
 from theory.model import FeatureModel
 from theory.validation import ConfigError
 
@@ -96,9 +96,14 @@ def load_features(path: Path) -> np.ndarray:
     """The tensor V of a safetensors file, checked to be a finite 2-D matrix."""
     from safetensors.numpy import load_file
 
+    if path.is_dir():
+        raise ConfigError(f"features: {str(path)!r} is a directory, not a safetensors file")
     if not path.is_file():
         raise ConfigError(f"features: no such file {str(path)!r}")
-    tensors = load_file(str(path))
+    try:
+        tensors = load_file(str(path))
+    except Exception as error:  # safetensors raises its own error type for every kind of bad file
+        raise ConfigError(f"features: {str(path)!r} is not a readable safetensors file ({error})") from None
     if "V" not in tensors:
         raise ConfigError(f"features: {str(path)!r} has no tensor named 'V' (found {sorted(tensors)})")
     features = tensors["V"]
@@ -200,6 +205,7 @@ def handle(args) -> int:
         torch.set_num_threads(threads)
     if save_directory is not None:
         check_output_directory("save", save_directory, args.overwrite)
+    check_memory(config)
     result = run(config, features=features, progress=not args.quiet)
     if save_directory is not None:
         save(result, save_directory)
@@ -211,17 +217,6 @@ def handle(args) -> int:
     if save_directory is not None:
         print(f"saved to {save_directory}")
     return 0
-
-
-def check_output_directory(flag: str, path: Path, overwrite: bool) -> None:
-    """An output directory must be creatable and writable, and new or empty unless `overwrite` (before any work)."""
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"{flag}: {str(path)!r} is a file, not a directory")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise ConfigError(f"{flag}: {str(path)!r} is not empty; choose a new directory or add --overwrite")
-    existing = next(parent for parent in (path, *path.parents) if parent.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"{flag}: cannot create or write {str(path)!r} ({str(existing)!r} is not a writable directory)")
 
 
 def report(config: RecoverConfig, metrics: dict) -> str:

@@ -27,7 +27,8 @@ from simulations.engine.sae import SAEConfig, SparseAutoencoder
 from simulations.engine.stack import MethodStack
 from simulations.engine.train import TrainConfig, resolve_device, train
 from simulations.experiments.export import sae_tensors
-from theory.metrics import feature_recovery_rate
+from simulations.experiments.files import atomic_path, write_atomically
+from theory.metrics import DENSE_MATCHING_ENTRIES, feature_recovery_rate
 from theory.model import FeatureModel, SyntheticData
 from theory.validation import MAX_SEED, ConfigError, check_choice, check_int, multiple_setting
 
@@ -194,6 +195,63 @@ def run(config: RecoverConfig, features: np.ndarray | None = None, progress: boo
     return finish(config, data, sae, method, initial_decoder, history, started)
 
 
+EVALUATION_BATCH = 4096
+"""Samples per evaluation batch (`evaluate_run`)."""
+PROJECTION_COPIES = 9
+"""Peak fp32 copies of a (rows, width) projection matrix in a dense training step or an evaluation
+batch (projections, gate, codes, their gradients): measured with /usr/bin/time at width 32,768,
+batch 512-8192 (peak RSS 4.9-10.3 GB)."""
+
+
+def memory_estimate(config: RecoverConfig) -> dict[str, int]:
+    """Bytes of a run's largest allocations, each under the settings that size it (the base
+    interpreter and torch, about 0.7 GB, not included)."""
+    model, width = config.model, config.sae.width
+    rows = max(config.train.batch_size, min(EVALUATION_BATCH, config.eval_samples))
+    matrices = 2 if not config.sae.tied else 1
+    estimate = {
+        "width x batch_size (projections)": PROJECTION_COPIES * 4 * rows * width,
+        "width x d (weights, gradients, Adam)": 16 * matrices * width * model.d,
+        "n x d (features)": 20 * model.n * model.d,
+    }
+    if max(model.sparsity_values) ** 2 > model.n:  # the sampler draws n random keys per sample
+        estimate["n x batch_size (sampler)"] = 16 * model.n * config.train.batch_size
+    if model.n * width <= DENSE_MATCHING_ENTRIES:
+        estimate["n x width (matching)"] = 8 * model.n * width
+    return estimate
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Free bytes on `device` (the host's MemAvailable for the CPU), or None when unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(config: RecoverConfig, copies: int = 1) -> None:
+    """Refuse, before any work, a run whose largest allocations (`copies` runs at once) exceed the free memory."""
+    estimate = memory_estimate(config)
+    needed = copies * sum(estimate.values())
+    device = resolve_device(config.train.device)
+    free = available_memory(device)
+    if free is None or needed <= free:
+        return
+    largest = max(estimate, key=estimate.get)
+    setting = largest.split(" (")[0]
+    gigabytes = lambda count: f"{count / 2**30:.1f} GB"  # noqa: E731
+    runs = f" for {copies} runs at once" if copies > 1 else ""
+    raise ConfigError(
+        f"{setting.split(' x ')[0]}: the run needs about {gigabytes(needed)}{runs} ({largest}: {gigabytes(copies * estimate[largest])}), "
+        f"more than the {gigabytes(free)} free on {device.type}; lower {setting.replace(' x ', ' or ')}"
+    )
+
+
 def stackable(first: RecoverConfig, other: RecoverConfig) -> bool:
     """Points can train as one stack when their SAE shapes and optimiser settings agree."""
     return first.sae == other.sae and first.train == other.train and first.model.d == other.model.d
@@ -246,7 +304,7 @@ def evaluate_run(sae: SparseAutoencoder, method: Method, data: SyntheticData, co
     the feature frequency f, the matched frequency over f, and the recovery of co-occurring pairs."""
     rng = np.random.default_rng([config.seed, 3])
     device = sae.weight.device
-    sizes = [min(4096, config.eval_samples - start) for start in range(0, config.eval_samples, 4096)]
+    sizes = [min(EVALUATION_BATCH, config.eval_samples - start) for start in range(0, config.eval_samples, EVALUATION_BATCH)]
     batches = (torch.from_numpy(data.sample(size, rng).x).to(device) for size in sizes)
     evaluation = evaluate(sae, method, batches, normalise_inputs=config.train.normalise_inputs, features=data.features)
     metrics = evaluation.metrics
@@ -264,10 +322,10 @@ def evaluate_run(sae: SparseAutoencoder, method: Method, data: SyntheticData, co
 def save(result: RecoverResult, directory: str | Path) -> Path:
     """Write features, SAE, config, metrics and history under `directory`."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    save_file({"V": result.data.features}, str(directory / "features.safetensors"))
-    save_file(sae_tensors(result.sae, result.method), str(directory / "sae.safetensors"))
-    (directory / "config.json").write_text(json.dumps(result.config.to_dict(), indent=2) + "\n")
-    (directory / "metrics.json").write_text(json.dumps(result.metrics, indent=2) + "\n")
-    result.history.to_csv(directory / "history.csv", index=False)
+    for name, tensors in (("features", {"V": result.data.features}), ("sae", sae_tensors(result.sae, result.method))):
+        with atomic_path(directory / f"{name}.safetensors") as path:
+            save_file(tensors, str(path))
+    write_atomically(directory / "config.json", json.dumps(result.config.to_dict(), indent=2) + "\n")
+    write_atomically(directory / "metrics.json", json.dumps(result.metrics, indent=2) + "\n")
+    write_atomically(directory / "history.csv", result.history.to_csv(index=False))
     return directory

@@ -73,6 +73,11 @@ class BiasAdaptationConfig(MethodConfig):
                 raise ConfigError("lowest_target: with one group it must equal highest_target (or be None)")
         check_real("bias_decrease_rate (gamma_minus)", self.bias_decrease_rate, 0.0, 1.0, low_open=True)
         check_real("bias_increase_rate (gamma_plus)", self.bias_increase_rate, 0.0, 1.0, low_open=True)
+        if self.dead_frequency >= self.targets().min() and self.dead_frequency == type(self).dead_frequency:
+            raise ConfigError(
+                f"dead_frequency (epsilon): the default {self.dead_frequency:g} is not below the lowest target "
+                f"{self.targets().min():g}; set dead_frequency below it"
+            )
         check_real("dead_frequency (epsilon)", self.dead_frequency, 0.0, self.targets().min(), high_open=True)
         if self.update_interval is not None:
             check_int("update_interval", self.update_interval, 1)
@@ -109,14 +114,14 @@ class BiasAdaptationConfig(MethodConfig):
     def from_settings(cls, settings: dict, feature_frequency: float, method: str) -> "BiasAdaptationConfig":
         """`target_frequency` sets BA's single target; frequencies may be multiples of f written '2f'.
         Targets left out come from `DEFAULT_TARGETS[method]` (for BA, only when no target is given)."""
-        settings = dict(settings)
+        given = dict(settings)
         if method == "gba":
-            settings = {**DEFAULT_TARGETS["gba"], **settings}
-        elif not {"target_frequency", "highest_target", "lowest_target"} & set(settings):
-            settings.update(DEFAULT_TARGETS["ba"])
+            settings = {**DEFAULT_TARGETS["gba"], **given}
+        elif not {"target_frequency", "highest_target", "lowest_target"} & set(given):
+            settings = {**given, **DEFAULT_TARGETS["ba"]}
         for key in ("target_frequency", "highest_target", "lowest_target"):
             if isinstance(settings.get(key), str):
-                settings[key] = frequency_setting(settings[key], feature_frequency, key)
+                settings[key] = frequency_setting(settings[key], feature_frequency, key, default=key not in given)
         if "target_frequency" in settings:
             both = sorted({"highest_target", "lowest_target"} & set(settings))
             if both:
@@ -133,9 +138,17 @@ class BiasAdaptationConfig(MethodConfig):
         return BiasAdaptation(self, width, device)
 
 
-def frequency_setting(text: str, feature_frequency: float, name: str) -> float:
-    """'2f' -> 2 * f; a plain number string -> that number."""
-    return multiple_setting(text, name, "f", feature_frequency, "2f", "a number in (0, 1)")
+def frequency_setting(text: str, feature_frequency: float, name: str, default: bool = False) -> float:
+    """'2f' -> 2 * f; a plain number string -> that number. A frequency outside (0, 1) is an error that
+    shows how it was derived (f = E[s]/n), and says so when the setting was a default."""
+    value = multiple_setting(text, name, "f", feature_frequency, "2f", "a number in (0, 1)")
+    if not 0 < value < 1:
+        if not str(text).strip().endswith("f"):
+            raise ConfigError(f"{name}: must lie in (0, 1), got {text}")
+        origin = f"{text} (the default) is" if default else f"{text} is"
+        hint = f"; set {name} yourself" if default else ""
+        raise ConfigError(f"{name}: {origin} {value:g} with f = E[s]/n = {feature_frequency:g}, outside (0, 1){hint}")
+    return value
 
 
 def group_assignment(width: int, groups: int) -> np.ndarray:

@@ -14,13 +14,13 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from simulations.experiments.files import write_atomically
 from simulations.experiments.grid.spec import MANIFEST, POINTS, GridPoint, GridSpec, config_key
-from simulations.experiments.recover import RecoverConfig, run, run_stack, stackable
+from simulations.experiments.recover import RecoverConfig, check_memory, run, run_stack, stackable
 from theory.bounds import theory_columns
 from theory.conditions import check_data
 from theory.validation import ConfigError
@@ -71,7 +71,7 @@ def point_record(settings, config_dict, config, result, conditions: dict, stacke
         "history": result.history.to_dict(orient="list"),
         "wall_seconds": metrics["wall_seconds"],
         "stacked": stacked,
-        "device": _device_name(result.sae.weight.device),
+        "device": device_name(result.sae.weight.device),
         "threads": torch.get_num_threads(),
         "versions": library_versions(),
         "code": code_revision(),
@@ -103,12 +103,25 @@ def _plain(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _device_name(device) -> str:
+def processor_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one), since floating-point kernels and
+    hence the last bits of a result differ between processors."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device) -> str:
+    """"cuda:<GPU name>" or "cpu:<processor model>"."""
     import torch
 
     if device.type == "cuda":
         return f"cuda:{torch.cuda.get_device_name(device)}"
-    return f"cpu:{platform.processor() or platform.machine()}"
+    return f"cpu:{processor_name()}"
 
 
 def library_versions() -> dict:
@@ -138,22 +151,6 @@ def code_revision() -> dict:
         return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--", *source))}
     except (OSError, subprocess.SubprocessError):
         return {"commit": "unknown", "dirty": None}
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write via a temporary file in the same directory and os.replace, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
 
 
 UNREADABLE = "unreadable"
@@ -246,6 +243,12 @@ def run_grid(
     if missing:
         raise ConfigError(f"reuse: {', '.join(missing)} holds no grid points (no points/ folder)")
     points = spec.points()
+    for point in points:
+        try:
+            check_memory(point.config, copies=jobs if backend == "loky" else 1)
+        except ConfigError as error:
+            raise ConfigError(f"spec {spec.name!r}, point {point.settings}: {error}") from None
+    client = dask_client(scheduler) if backend == "dask" else None
     if (out / MANIFEST).is_file():
         try:
             read_manifest(out)
@@ -264,6 +267,8 @@ def run_grid(
             todo.remove(point)
             counts["reused"] += 1
     if not todo:
+        if client is not None:
+            client.close()
         return counts
     # Workers (loky, dask) get one torch thread per point: more would oversubscribe the cores.
     point_threads = threads if jobs == 1 and backend == "loky" else 1
@@ -284,9 +289,7 @@ def run_grid(
 
     try:
         if backend == "dask":
-            from dask.distributed import Client
-
-            with Client(scheduler), parallel_config(backend="dask"):
+            with client, parallel_config(backend="dask"):
                 for record in Parallel(n_jobs=jobs, return_as="generator_unordered")(tasks):
                     store(record)
         elif jobs == 1:
@@ -299,3 +302,19 @@ def run_grid(
     finally:
         bar.close()
     return counts
+
+
+DASK_CONNECT_SECONDS = 5
+"""How long `run_grid` waits for a Dask scheduler to answer before it gives up."""
+
+
+def dask_client(address: str):
+    """A client of the Dask scheduler at `address`; one that does not answer in time is a ConfigError."""
+    from dask.distributed import Client
+
+    try:
+        return Client(address, timeout=DASK_CONNECT_SECONDS)
+    except (OSError, TimeoutError, ValueError) as error:
+        raise ConfigError(
+            f"scheduler: no Dask scheduler answered at {address!r} within {DASK_CONNECT_SECONDS} s ({error})"
+        ) from None

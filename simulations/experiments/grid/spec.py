@@ -78,6 +78,8 @@ class GridSpec:
     def from_toml(cls, path: str | Path) -> "GridSpec":
         """Read and validate a spec file."""
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"spec: {str(path)!r} is a directory, not a TOML grid spec")
         if not path.is_file():
             raise ConfigError(f"spec: no such file {str(path)!r}")
         try:
@@ -88,6 +90,13 @@ class GridSpec:
         unknown = set(raw) - known
         if unknown:
             raise ConfigError(f"spec: unknown top-level key(s) {', '.join(sorted(unknown))} (allowed: {', '.join(sorted(known))})")
+        kinds = {"fixed": dict, "axes": dict, "variants": list, "seeds": list, "description": str}
+        for key, kind in kinds.items():
+            if key in raw and not isinstance(raw[key], kind):
+                form = {dict: "a table ([{key}])", list: "a list", str: "a string"}[kind].format(key=key)
+                raise ConfigError(f"spec: {key} must be {form}, got {raw[key]!r}")
+        if not all(isinstance(variant, dict) for variant in raw.get("variants", [])):
+            raise ConfigError("spec: variants must be a list of tables ([[variants]])")
         return cls(
             name=raw.get("name", ""),
             description=raw.get("description", ""),
