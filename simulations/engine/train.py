@@ -10,9 +10,9 @@ from typing import Callable, Iterator
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from simulations.engine.methods.base import Method
+from simulations.engine.progress import progress_bar
 from simulations.engine.sae import SparseAutoencoder, normalise
 from simulations.engine.step import dense_forward, sparse_forward
 from theory.metrics import feature_recovery_rate
@@ -151,7 +151,8 @@ def train(
         if checkpoint.state is not None:
             start = restore_state(checkpoint.state, sae, method, optimiser, history)
             density = checkpoint.state["density"]
-    for step in tqdm(range(start + 1, config.steps + 1), disable=not progress, desc="training", leave=False):
+    steps = progress_bar(range(start + 1, config.steps + 1), enabled=progress, desc="training", unit="steps", leave=False)
+    for step in steps:
         x = next(batches)
         if config.normalise_inputs:
             x = normalise(x)

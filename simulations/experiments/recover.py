@@ -247,7 +247,7 @@ def check_memory(config: RecoverConfig, copies: int = 1) -> None:
     gigabytes = lambda count: f"{count / 2**30:.1f} GB"  # noqa: E731
     runs = f" for {copies} runs at once" if copies > 1 else ""
     raise ConfigError(
-        f"{setting.split(' x ')[0]}: the run needs about {gigabytes(needed)}{runs} ({largest}: {gigabytes(copies * estimate[largest])}), "
+        f"{setting}: the run needs about {gigabytes(needed)}{runs} ({largest}: {gigabytes(copies * estimate[largest])}), "
         f"more than the {gigabytes(free)} free on {device.type}; lower {setting.replace(' x ', ' or ')}"
     )
 
@@ -257,7 +257,7 @@ def stackable(first: RecoverConfig, other: RecoverConfig) -> bool:
     return first.sae == other.sae and first.train == other.train and first.model.d == other.model.d
 
 
-def run_stack(configs: list[RecoverConfig]) -> list[RecoverResult]:
+def run_stack(configs: list[RecoverConfig], progress: bool = False) -> list[RecoverResult]:
     """Train G points as one stacked computation and evaluate each; each result equals its own
     `run` up to float rounding, and a fixed set of stacked points is reproducible bit for bit."""
     if not configs:
@@ -286,6 +286,7 @@ def run_stack(configs: list[RecoverConfig]) -> list[RecoverResult]:
         batches,
         configs[0].train,
         features=[data.features for data, *_ in prepared],
+        progress=progress,
         on_log=lambda row: rows[row["point"]].append({k: v for k, v in row.items() if k != "point"}),
     )
     stacked.unstack_into(saes)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from simulations.engine.progress import progress_bar
 from simulations.experiments.files import write_atomically
 from simulations.experiments.grid.spec import MANIFEST, POINTS, GridPoint, GridSpec, config_key
 from simulations.experiments.recover import RecoverConfig, check_memory, run, run_stack, stackable
@@ -26,19 +27,20 @@ from theory.conditions import check_data
 from theory.validation import ConfigError
 
 
-def run_points(points: list[tuple[dict, dict]], conditions_samples: int, threads: int | None) -> list[dict]:
+def run_points(points: list[tuple[dict, dict]], conditions_samples: int, threads: int | None, progress: bool = False) -> list[dict]:
     """Train a group of points and measure each: metrics, its instance's conditions, the theorem's columns.
 
     `points` are (settings, config dict) pairs; a group of more than one is trained as one stacked
     computation (`recover.run_stack`), a single point by `recover.run`.
-    Runs in a worker process (loky, dask) or in the calling one; returns JSON-ready records.
+    Runs in a worker process (loky, dask) or in the calling one (where `progress` shows the training steps);
+    returns JSON-ready records.
     """
     import torch
 
     if threads is not None:
         torch.set_num_threads(threads)
     configs = [RecoverConfig.from_dict(config_dict) for _, config_dict in points]
-    results = run_stack(configs) if len(configs) > 1 else [run(configs[0])]
+    results = run_stack(configs, progress) if len(configs) > 1 else [run(configs[0], progress=progress)]
     conditions_of: dict = {}  # points on the same instance and seed share their conditions
     records = []
     for (settings, config_dict), config, result in zip(points, configs, results):
@@ -224,7 +226,6 @@ def run_grid(
     Returns counts: total, skipped (already done), reused, ran.
     """
     from joblib import Parallel, delayed, parallel_config
-    from tqdm.auto import tqdm
 
     if backend not in ("loky", "dask"):
         raise ConfigError(f"backend: must be one of 'loky', 'dask', got {backend!r}")
@@ -278,7 +279,7 @@ def run_grid(
         delayed(run_points)([(point.settings, point.config.to_dict()) for point in group], spec.conditions_samples, point_threads)
         for group in groups
     )
-    bar = tqdm(total=len(points), initial=counts["skipped"] + counts["reused"], desc=spec.name, unit="point", disable=not progress)
+    bar = progress_bar(total=len(points), initial=counts["skipped"] + counts["reused"], desc=spec.name, unit="points", enabled=progress)
 
     def store(records: list[dict]) -> None:
         for record in records:
@@ -295,7 +296,7 @@ def run_grid(
         elif jobs == 1:
             for task in tasks:
                 function, args, kwargs = task
-                store(function(*args, **kwargs))
+                store(function(*args, **kwargs, progress=progress))
         else:
             for record in Parallel(n_jobs=jobs, backend="loky", return_as="generator_unordered")(tasks):
                 store(record)
