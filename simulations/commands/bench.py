@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from simulations.benchmark.run import run_bench, table
+from simulations.experiments.files import check_output_file, write_atomically
 
 
 def register(subparsers) -> None:
@@ -17,9 +17,12 @@ def register(subparsers) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
+    from simulations.benchmark.run import run_bench, table
+
+    if args.json is not None:
+        check_output_file("json", args.json)
     records = run_bench(args.quick)
     print(table(records))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(records, indent=1) + "\n")
+        write_atomically(args.json, json.dumps(records, indent=1) + "\n")
     return 0

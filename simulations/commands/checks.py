@@ -8,6 +8,7 @@ from pathlib import Path
 from simulations.experiments.grid.verify import CROSS_PROCESSOR_TOLERANCE
 from simulations.reports.claims import render
 from simulations.reports.tables import RESULTS, check_results_directory
+from simulations.experiments.files import check_output_file, write_atomically
 from theory.validation import ConfigError
 
 SPECS = Path("simulations/specs")
@@ -60,6 +61,8 @@ def handle(args) -> int:
     check_results_directory(args.results)
     if args.verify is not None:
         return verify(args)
+    if not args.check:
+        check_output_file("out", args.out)
     text = render(args.results)
     if args.check:
         current = args.out.read_text() if args.out.is_file() else ""
@@ -68,6 +71,6 @@ def handle(args) -> int:
             return 1
         print(f"{args.out} is up to date")
         return 0
-    args.out.write_text(text)
+    write_atomically(args.out, text)
     print(f"wrote {args.out}")
     return 0

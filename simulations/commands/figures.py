@@ -7,6 +7,7 @@ from pathlib import Path
 
 from simulations.reports.plots import load_all
 from simulations.reports.tables import RESULTS, MissingTable, check_results_directory
+from simulations.experiments.files import check_output_directory
 from theory.validation import ConfigError
 
 
@@ -34,6 +35,7 @@ def handle(args) -> int:
     unknown = [name for name in names if name not in figures]
     if unknown:
         raise ConfigError(f"only: unknown figure(s) {', '.join(unknown)} (registered: {', '.join(sorted(figures))})")
+    check_output_directory("out", args.out, overwrite=True)  # figures are redrawn in place
     import matplotlib
 
     matplotlib.use("Agg")

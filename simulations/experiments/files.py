@@ -36,6 +36,12 @@ def write_atomically(path: Path, text: str) -> None:
         temporary.write_text(text)
 
 
+def _check_creatable(flag: str, path: Path) -> None:
+    existing = next(parent for parent in (path.absolute(), *path.absolute().parents) if parent.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag}: cannot create or write {str(path)!r} ({str(existing)!r} is not a writable directory)")
+
+
 def check_output_directory(flag: str, path: Path, overwrite: bool) -> None:
     """An output directory must be creatable and writable, and new or empty unless `overwrite` (before any work)."""
     path = Path(path)
@@ -43,9 +49,17 @@ def check_output_directory(flag: str, path: Path, overwrite: bool) -> None:
         raise ConfigError(f"{flag}: {str(path)!r} is a file, not a directory")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise ConfigError(f"{flag}: {str(path)!r} is not empty; choose a new directory or add --overwrite")
-    existing = next(parent for parent in (path.absolute(), *path.absolute().parents) if parent.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"{flag}: cannot create or write {str(path)!r} ({str(existing)!r} is not a writable directory)")
+    _check_creatable(flag, path)
+
+
+def check_output_file(flag: str, path: Path) -> None:
+    """An output file must not be a directory, and its folder must be creatable and writable (before any work)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{flag}: {str(path)!r} is a directory; give a file name")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ConfigError(f"{flag}: {str(path)!r} is not writable")
+    _check_creatable(flag, path.parent)
 
 
 def read_json(path: Path, setting: str) -> dict:

@@ -16,17 +16,21 @@ shard the manifest lists, so an interrupted extraction resumes and a re-run re-e
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
+import io
 import json
 import os
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from simulations.engine.progress import progress_bar
+from simulations.experiments.files import read_json, write_atomically
 from theory.validation import ConfigError, check_choice, check_int
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -273,15 +277,22 @@ def plan_splits(config: ActivationConfig, available: int) -> list[Split]:
 
 
 def read_manifest(folder: Path) -> dict | None:
+    """The cache's manifest; one that does not parse is moved aside (named on stderr) and the cache rebuilt."""
     path = folder / "manifest.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return read_json(path, "cache")
+    except ConfigError as error:
+        aside = path.with_name("manifest.unreadable.json")
+        os.replace(path, aside)
+        print(f"{error}; moved it to {aside} and extracting again", file=sys.stderr)
+        return None
 
 
 def write_manifest(folder: Path, manifest: dict) -> None:
     """Atomic write, so a kill never leaves a half-written manifest."""
-    partial = folder / "manifest.json.partial"
-    partial.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(partial, folder / "manifest.json")
+    write_atomically(folder / "manifest.json", json.dumps(manifest, indent=2) + "\n")
 
 
 def extract(config: ActivationConfig, cache_root: str | Path, progress: bool = True) -> Path:
@@ -307,17 +318,23 @@ def extract(config: ActivationConfig, cache_root: str | Path, progress: bool = T
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()
-    model, tokenizer = load_model(config.model, cache_root, device)
+    with contextlib.redirect_stderr(io.StringIO()) if not progress else contextlib.nullcontext():
+        model, tokenizer = load_model(config.model, cache_root, device)  # the GGUF reader's own bar ignores the switch above
     module = site_module(model, config.layer, config.site)
     sequences = _cached_sequences(folder, tokenizer, config)
+    splits = plan_splits(config, len(sequences))
+    per = config.tokens_per_sequence
+    train, held_out = (split.sequences * per for split in reversed(splits))
+    rounded = f" (asked for {config.tokens}, rounded up to whole shards of {config.sequences_per_shard} x {per} tokens)" if train != config.tokens else ""
+    print(f"extracting {train} training tokens{rounded} and {held_out} held-out tokens of {config.model} into {folder}", file=sys.stderr)
     manifest.update(
         {"model_class": type(model).__name__, "d": int(model.config.hidden_size), "num_layers": len(transformer_blocks(model))}
     )
-    for split in plan_splits(config, len(sequences)):
+    for split in splits:
         done = manifest["splits"].setdefault(split.name, {"shards": []})
         finished = {shard["file"] for shard in done["shards"]}
         starts = range(split.first_sequence, split.first_sequence + split.sequences, config.sequences_per_shard)
-        for index, start in enumerate(tqdm(starts, desc=f"extract {split.name}", disable=not progress)):
+        for index, start in enumerate(progress_bar(starts, enabled=progress, desc=f"extract {split.name}", unit="shards")):
             file = f"{split.name}/shard_{index:05d}.safetensors"
             if file in finished:
                 continue
