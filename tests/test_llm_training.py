@@ -129,6 +129,21 @@ def test_train_run_resumes_after_a_crash_and_skips_when_done(tmp_path, monkeypat
         train_run(LLMRunConfig.from_dict({**config.to_dict(), "seed": 1}), tmp_path / "crashed", progress=False)
 
 
+def test_a_truncated_checkpoint_is_moved_aside_and_the_run_restarts(tmp_path, capsys):
+    cache = fake_cache(tmp_path / "cache")
+    config = LLMRunConfig(cache=str(cache), method="topk", method_settings={"k": 4},
+                          sae=SAEConfig(width=32), train=TrainConfig(steps=40, batch_size=32, log_every=10, device="cpu"), checkpoint_every=20)
+    train_run(config, tmp_path / "whole", progress=False)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "checkpoint.pt").write_bytes(b"PK\x03\x04 cut off")
+    train_run(config, broken, progress=False)
+    assert "checkpoint.pt: does not load" in capsys.readouterr().err
+    assert (broken / "checkpoint.unreadable.pt").is_file()
+    whole, rerun = load_file(str(tmp_path / "whole" / "sae.safetensors")), load_file(str(broken / "sae.safetensors"))
+    assert all(np.array_equal(whole[name], rerun[name]) for name in whole)
+
+
 def test_reconstruction_metrics_and_z_score_by_hand():
     sae = SparseAutoencoder(SAEConfig(width=3, initial_scale=1.0), 2, torch.Generator().manual_seed(0))
     with torch.no_grad():

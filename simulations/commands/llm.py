@@ -18,7 +18,8 @@ from simulations.experiments.llm.activations import CORPORA, DEFAULT_MODEL, SITE
 from simulations.engine.methods import METHODS
 from simulations.engine.sae import SAEConfig
 from simulations.engine.train import TrainConfig
-from theory.validation import ConfigError
+from simulations.experiments.files import check_output_directory
+from theory.validation import ConfigError, check_int
 
 DEFAULT_ROOT = Path("runs/llm")
 
@@ -95,7 +96,12 @@ def register(subparsers) -> None:
     command.set_defaults(handler=handle_frontier)
 
 
-def _threads(args) -> None:
+def _prepare(args) -> None:
+    """Sets the torch threads, and checks the output folders a command writes into (runs resume there)."""
+    if hasattr(args, "model"):
+        check_output_directory("root", args.root, overwrite=True)
+    if getattr(args, "out", None) is not None:
+        check_output_directory("out", args.out, overwrite=True)
     threads = getattr(args, "threads", None)
     if threads is not None:
         if threads < 1:
@@ -125,7 +131,7 @@ def _setting_value(text: str):
 
 
 def handle_extract(args) -> int:
-    _threads(args)
+    _prepare(args)
     started = time.perf_counter()
     folder = extract(_activation_config(args), args.root / "cache", progress=not args.quiet)
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -139,7 +145,7 @@ def handle_train(args) -> int:
     from simulations.engine.methods.bias_adaptation import TARGETS_WITHOUT_F
     from simulations.experiments.llm.runs import LLMRunConfig, train_run
 
-    _threads(args)
+    _prepare(args)
     settings = {}
     for item in getattr(args, "set", []):
         name, _, value = item.partition("=")
@@ -166,7 +172,8 @@ def handle_eval(args) -> int:
     from simulations.experiments.llm.evaluate import reconstruction_metrics, spliced_losses
     from simulations.experiments.llm.runs import load_run
 
-    _threads(args)
+    _prepare(args)
+    check_int("ce_sequences", args.ce_sequences, 1)
     loaded, rows = {}, []
     identity = None
     for run_dir in args.run_dirs:
@@ -193,8 +200,16 @@ def handle_eval(args) -> int:
 
 def handle_frontier(args) -> int:
     from simulations.experiments.llm.pipeline import PipelineConfig, default_plan, run_pipeline
+    from simulations.experiments.llm.runs import LLMRunConfig
 
-    _threads(args)
+    _prepare(args)
+    check_output_directory("results", args.results, overwrite=True)  # the tables are rewritten in place
+    for flag, method, key in (("topk", "topk", "k"), ("l1", "relu-l1", "l1_coefficient"), ("ba", "ba", "target_frequency")):
+        for value in getattr(args, flag):
+            try:
+                LLMRunConfig(cache="", method=method, method_settings={key: value})
+            except ConfigError as error:
+                raise ConfigError(f"{flag}: {value} is not a valid {key} of {method!r} ({error})") from None
     config = PipelineConfig(
         activations=_activation_config(args), width=args.width, train=_train_config(args),
         checkpoint_every=args.checkpoint_every, ce_sequences=args.ce_sequences,
