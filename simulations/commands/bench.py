@@ -9,8 +9,7 @@ from pathlib import Path
 from simulations.experiments.files import check_output_file, write_atomically
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("bench", help="time the training step, controller, sampler, batched grids, bf16 and SAELens")
+def register(parser) -> None:
     parser.add_argument("--quick", action="store_true", help="two shapes, GBA only, short grid and bf16 runs (~1-2 min idle)")
     parser.add_argument("--json", type=Path, default=None, help="write the records to this JSON file (default: print them only)")
     parser.set_defaults(handler=handle)

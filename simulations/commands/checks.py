@@ -5,8 +5,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from simulations.experiments.grid.verify import CROSS_PROCESSOR_TOLERANCE
-from simulations.reports.claims import render
 from simulations.reports.tables import RESULTS, check_results_directory
 from simulations.experiments.files import check_output_file, write_atomically
 from theory.validation import ConfigError
@@ -14,19 +12,16 @@ from theory.validation import ConfigError
 SPECS = Path("simulations/specs")
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "checks",
-        help="regenerate paper_checks.md (the paper's claims against our measurements) from the result tables",
-        description="Measure every registered claim (simulations/reports/claims/) on the result tables and write paper_checks.md.",
-    )
+def register(parser) -> None:
+    parser.description = "Measure every registered claim (simulations/reports/claims/) on the result tables and write paper_checks.md."
     parser.add_argument("--results", type=Path, default=RESULTS, help=f"result tables (default {RESULTS})")
     parser.add_argument("--out", type=Path, default=Path("paper_checks.md"), help="file to write (default paper_checks.md)")
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if --out differs from what would be written")
     parser.add_argument("--verify", nargs="*", metavar="GRID",
                         help="write nothing; re-run the cheapest committed point of each grid under --results (or of the "
                         "GRIDs named) with the code in this tree and exit 1 unless every measured column is identical (on the "
-                        f"processor that made the row; within {CROSS_PROCESSOR_TOLERANCE} on another) (default: off; GRIDs default to every grid)")
+                        "processor that made the row; within CROSS_PROCESSOR_TOLERANCE of grid/verify.py on another) (default: off; GRIDs "
+                        "default to every grid)")
     parser.add_argument("--points", type=int, default=1, help="points per grid for --verify (default 1)")
     parser.add_argument("--specs", type=Path, default=SPECS, help=f"grid specs for --verify (default {SPECS})")
     parser.set_defaults(handler=handle)
@@ -35,6 +30,7 @@ def register(subparsers) -> None:
 def verify(args) -> int:
     """Re-run committed points and report, per point, identical or the columns that differ."""
     from simulations.experiments.grid import verify_grid
+    from simulations.experiments.grid.verify import CROSS_PROCESSOR_TOLERANCE
 
     available = sorted(path.parent.name for path in args.results.glob("*/results.csv"))
     names = args.verify or available
@@ -63,6 +59,8 @@ def handle(args) -> int:
         return verify(args)
     if not args.check:
         check_output_file("out", args.out)
+    from simulations.reports.claims import render
+
     text = render(args.results)
     if args.check:
         current = args.out.read_text() if args.out.is_file() else ""

@@ -9,13 +9,9 @@ from simulations.experiments.files import check_output_directory
 from theory.validation import ConfigError
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "export",
-        help="convert a saved SAE to SAELens's format",
-        description="Write cfg.json + sae_weights.safetensors that sae_lens.SAE.load_from_disk reads "
-        "(JumpReLU, or TopK for TopK SAEs), for a run saved by gba recover --save or gba llm train.",
-    )
+def register(parser) -> None:
+    parser.description = ("Write cfg.json + sae_weights.safetensors that sae_lens.SAE.load_from_disk reads "
+                          "(JumpReLU, or TopK for TopK SAEs), for a run saved by gba recover --save or gba llm train.")
     parser.add_argument("run_dir", type=Path, help="directory with sae.safetensors and config.json")
     parser.add_argument("--to", choices=["saelens"], default="saelens", help="target format (default: saelens)")
     parser.add_argument("out_dir", type=Path, help="directory to write, new or empty")

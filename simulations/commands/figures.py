@@ -5,18 +5,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from simulations.reports.plots import load_all
 from simulations.reports.tables import RESULTS, MissingTable, check_results_directory
 from simulations.experiments.files import check_output_directory
 from theory.validation import ConfigError
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "figures",
-        help="redraw the figures from the committed result tables",
-        description="Redraw every registered figure (simulations/reports/plots/) from the result tables; nothing is trained.",
-    )
+def register(parser) -> None:
+    parser.description = "Redraw every registered figure (simulations/reports/plots/) from the result tables; nothing is trained."
     parser.add_argument("--results", type=Path, default=RESULTS, help=f"result tables (default {RESULTS})")
     parser.add_argument("--out", type=Path, default=Path("figures"), help="where the PNGs go (default figures)")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="draw only these figures (default: every registered figure)")
@@ -26,6 +21,8 @@ def register(subparsers) -> None:
 
 
 def handle(args) -> int:
+    from simulations.reports.plots import load_all
+
     figures = load_all()
     if args.list:
         print("\n".join(sorted(figures)))

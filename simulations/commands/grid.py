@@ -5,16 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from simulations.experiments.grid import GridSpec, grid_status, run_grid, write_table
 
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "grid",
-        help="run a grid spec (simulations/specs/*.toml) resumably, tabulate it, show its status",
-        description="Grids of recovery runs. Each finished point is written atomically under a hash of its "
-        "full config, so re-running a spec skips finished points.",
-    )
+def register(parser) -> None:
+    parser.description = ("Grids of recovery runs. Each finished point is written atomically under a hash of its "
+                          "full config, so re-running a spec skips finished points.")
     actions = parser.add_subparsers(dest="grid_action", required=True, parser_class=type(parser))
 
     run = actions.add_parser("run", help="run every unfinished point of SPEC",
@@ -48,6 +42,8 @@ def register(subparsers) -> None:
 
 
 def handle_run(args) -> int:
+    from simulations.experiments.grid import GridSpec, run_grid, write_table
+
     spec = GridSpec.from_toml(args.spec)
     counts = run_grid(spec, args.out, jobs=args.jobs, backend=args.backend, scheduler=getattr(args, "scheduler", None),
                       threads=getattr(args, "threads", None), progress=not args.quiet, reuse=tuple(args.reuse),
@@ -61,12 +57,16 @@ def handle_run(args) -> int:
 
 
 def handle_table(args) -> int:
+    from simulations.experiments.grid import write_table
+
     for path in write_table(args.out):
         print(path)
     return 0
 
 
 def handle_status(args) -> int:
+    from simulations.experiments.grid import grid_status
+
     status = grid_status(args.out)
     print(f"{status['name']}: {status['done']}/{status['total']} points done, {status['remaining']} remaining, "
           f"{status['wall_seconds_done']:.0f} s of training done")

@@ -50,11 +50,10 @@ def _training_arguments(parser, steps: int, batch_size: int, learning_rate: floa
     group.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (a multiple of 25)")
 
 
-def register(subparsers) -> None:
+def register(parser) -> None:
     from simulations.experiments.llm.runs import default_train
 
     defaults = default_train()
-    parser = subparsers.add_parser("llm", help="SAEs on language-model activations (extract, train, eval, frontier)")
     commands = parser.add_subparsers(dest="llm_command", required=True, parser_class=type(parser))
     formatter = argparse.ArgumentDefaultsHelpFormatter
 

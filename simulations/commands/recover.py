@@ -20,14 +20,10 @@ from simulations.experiments.recover import RecoverConfig, check_memory, run, sa
 from theory.model import FeatureModel
 from theory.validation import ConfigError
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "recover",
-        help="train one SAE on planted features and report the feature recovery rate",
-        description="Plant n unit-norm features in d dimensions, train a bias-adapted SAE on "
-        "s-sparse non-negative mixtures of them, and report FRR, MCC, L0 and dead fraction.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+def register(parser) -> None:
+    parser.description = ("Plant n unit-norm features in d dimensions, train a bias-adapted SAE on "
+                          "s-sparse non-negative mixtures of them, and report FRR, MCC, L0 and dead fraction.")
+    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     model = parser.add_argument_group("statistical model")
     model.add_argument("--n", type=int, default=256, help="number of features")
     model.add_argument("--d", type=int, default=48, help="ambient dimension")
