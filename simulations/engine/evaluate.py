@@ -140,4 +140,6 @@ def _target_metrics(targets, frequency: torch.Tensor, samples: int, best, best_n
     limit = target + MARGIN_SIGMAS * np.sqrt(target / samples)
     out["fraction_above_target"] = float(np.mean(frequency[adjustable] > limit[adjustable])) if adjustable.any() else 0.0
     out["biases_in_range"] = bool(targets.in_range)
+    out["controller_updates"] = int(targets.updates)
+    out["fraction_at_clamp"] = float(1.0 - adjustable.mean())
     return out

@@ -173,6 +173,8 @@ class FrequencyTargets:
     """Neurons whose frequency the method can still lower (False: held at a clamp)."""
     in_range: bool
     """Whether every adapted bias lies in the range the method allows."""
+    updates: int
+    """Controller updates made so far (how often the targets have been enforced)."""
 
 
 class Method(nn.Module):

@@ -265,7 +265,7 @@ class BiasAdaptation(Method):
     def frequency_targets(self) -> FrequencyTargets:
         targets = torch.as_tensor(self.config.targets(), dtype=torch.float32)
         in_range = bool(((self.bias >= -1.0) & (self.bias <= 0.0)).all())
-        return FrequencyTargets(self.groups, targets, adjustable=self.bias > -1.0, in_range=in_range)
+        return FrequencyTargets(self.groups, targets, adjustable=self.bias > -1.0, in_range=in_range, updates=self.controller.updates)
 
     def get_extra_state(self) -> dict:
         """The controller's window statistics go into `state_dict`, so a resumed run continues the same window."""

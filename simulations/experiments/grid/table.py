@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from simulations.experiments.files import atomic_path, write_atomically
+from simulations.experiments.grid.convergence import convergence_columns
 from simulations.experiments.grid.runner import finished_keys, read_manifest, read_record
 from simulations.experiments.grid.spec import POINTS
 from theory.validation import ConfigError
@@ -67,10 +68,12 @@ def record_row(record: dict, grid: str, varied: set[str]) -> dict:
 
 
 def grid_table(out: str | Path) -> pd.DataFrame:
-    """The tidy table of all finished points under `out` (one row per point)."""
+    """The tidy table of all finished points under `out` (one row per point), with the convergence
+    columns of `convergence.RULE`."""
     records = load_records(out)
     spec = read_manifest(out)["spec"]
-    return pd.DataFrame([record_row(record, spec["name"], varied_settings(spec)) for record in records])
+    rows = pd.DataFrame([record_row(record, spec["name"], varied_settings(spec)) for record in records])
+    return convergence_columns(rows, histories(records))
 
 
 def varied_settings(spec) -> set[str]:
@@ -79,18 +82,24 @@ def varied_settings(spec) -> set[str]:
     return set(spec["axes"]) | {name for variant in spec["variants"] for name in variant} - {"seeds"}
 
 
-def grid_history(out: str | Path) -> pd.DataFrame:
-    """Training histories of all finished points, long format, keyed by `key`."""
+def histories(records: list[dict]) -> pd.DataFrame:
+    """The training histories of `records`, long format, keyed by `key`."""
     frames = []
-    for record in load_records(out):
+    for record in records:
         frame = pd.DataFrame(record["history"])
         frame.insert(0, "key", record["key"])
         frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def grid_history(out: str | Path) -> pd.DataFrame:
+    """Training histories of all finished points, long format, keyed by `key`."""
+    return histories(load_records(out))
+
+
 def write_table(out: str | Path) -> tuple[Path, Path, Path]:
-    """Write `results.csv`, `results.parquet` and `history.csv` under `out`."""
+    """Write `results.csv` (with the convergence columns of `convergence.RULE`), `results.parquet` and
+    `history.csv` under `out`."""
     out = Path(out)
     table = grid_table(out)
     csv, parquet, history = out / "results.csv", out / "results.parquet", out / "history.csv"
@@ -99,6 +108,21 @@ def write_table(out: str | Path) -> tuple[Path, Path, Path]:
         table.to_parquet(path, index=False)
     write_atomically(history, grid_history(out).to_csv(index=False))
     return csv, parquet, history
+
+
+def settle_table(directory: str | Path) -> Path:
+    """Add (or refresh) the convergence columns of `directory/results.csv` from `directory/history.csv`,
+    for tables whose points are no longer on disk; rewrites results.csv and results.parquet."""
+    directory = Path(directory)
+    csv = directory / "results.csv"
+    if not csv.is_file():
+        raise ConfigError(f"out: {str(directory)!r} has no results.csv")
+    history = directory / "history.csv"
+    table = convergence_columns(pd.read_csv(csv), pd.read_csv(history) if history.is_file() else None)
+    write_atomically(csv, table.to_csv(index=False))
+    with atomic_path(directory / "results.parquet") as path:
+        table.to_parquet(path, index=False)
+    return csv
 
 
 def grid_status(out: str | Path) -> dict:
