@@ -50,7 +50,8 @@ def test_the_cheapest_committed_points_rerun_as_committed(capsys):
     # Every measured column of the re-run equals the committed row (threads as recorded; bit for bit on the
     # processor that made it, within the stated tolerance on another); CPU only.
     assert main(["checks", "--verify", "frontier", "width", "toy_baselines"]) == 0
-    assert capsys.readouterr().out.count(": identical") == 3
+    out = capsys.readouterr().out
+    assert out.count(": identical") + out.count(": equal within") == 3, out
 
 
 def test_verify_reports_a_committed_value_the_code_does_not_reproduce(tmp_path, capsys):

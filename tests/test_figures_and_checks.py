@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from simulations.reports import claims, plots
-from simulations.reports.claims import CLAIMS, Measurement, claim, render
+from simulations.reports.claims import CLAIMS, NO_VERDICT, Measurement, claim, render
 from simulations.commands.gba import main
 from simulations.reports.plots import FIGURES, figure
 from simulations.reports.tables import load_results
@@ -65,12 +65,39 @@ def test_checks_render_claims_in_order_with_pending_rows_and_notes(tmp_path, reg
         load_results(results, "absent")
 
     text = render(results)
-    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| #")]
+    claims_part = text.split("## Claims")[1]
+    rows = [line for line in claims_part.splitlines() if line.startswith("| ") and not line.startswith("| #")]
     assert rows[0].startswith("| 2 |") and "not measured yet" in rows[0] and "absent" in rows[0]
     assert rows[1].startswith("| 10 |") and "FRR = 0.75" in rows[1] and "second \\| claim" in rows[1]
     assert "**Claim 10.** lower than the paper" in text and "figures/toy_line.png" in text
     with pytest.raises(ValueError, match="verdict"):
         Measurement("x", "sort of")
+
+
+def test_a_claim_on_an_unsettled_point_gets_no_verdict_and_no_note(tmp_path, registries):
+    CLAIMS.clear()
+    results = tmp_path / "results"
+    (results / "grid").mkdir(parents=True)
+    points = pd.DataFrame({"method": ["ba", "topk"], "frr_0.9": [1.0, 1.0], "settled": [False, None]})
+    points.to_csv(results / "grid" / "results.csv", index=False)
+
+    @claim("5", "recovers", paper="100 %", command="gba grid run grid")
+    def recovers(results):
+        return Measurement(f"FRR = {load_results(results, 'grid')['frr_0.9'].mean():.2f}", "reproduced", note="why")
+
+    row = next(line for line in render(results).split("## Claims")[1].splitlines() if line.startswith("| 5 |"))
+    assert row.endswith(f"| {NO_VERDICT} |") and "FRR = 1.00 Unsettled BA/GBA points: grid 1 of 1." in row
+    points.assign(settled=[True, None]).to_csv(results / "grid" / "results.csv", index=False)
+    text = render(results)
+    assert "| 5 |" in text and "| reproduced |" in text and "**Claim 5.** why" in text
+
+
+def test_a_grid_table_without_convergence_columns_is_pending(tmp_path, registries):
+    CLAIMS.clear()
+    (tmp_path / "grid").mkdir()
+    pd.DataFrame({"method": ["ba"], "frr_0.9": [1.0]}).to_csv(tmp_path / "grid" / "results.csv", index=False)
+    claim("5", "recovers", paper="x", command="y")(lambda results: Measurement(str(load_results(results, "grid")), "reproduced"))
+    assert "gba grid settle" in render(tmp_path)
 
 
 def test_committed_paper_checks_is_regenerated_not_edited():

@@ -43,9 +43,9 @@ def verify(args) -> int:
     for name in names:
         for result in verify_grid(args.specs, args.results, name, args.points):
             added = f" ({len(result.added)} metric columns newer than the table)" if result.added else ""
-            how = "" if result.exact else f" within {CROSS_PROCESSOR_TOLERANCE} (the table was made on another processor)"
+            same = "identical" if result.exact else f"equal within {CROSS_PROCESSOR_TOLERANCE} (the table was made on another processor)"
             if result.identical:
-                print(f"{name} {result.key} {result.method}: identical{how}{added}")
+                print(f"{name} {result.key} {result.method}: {same}{added}")
             else:
                 failed += 1
                 listed = "; ".join(f"{column} {committed!r} -> {rerun!r}" for column, committed, rerun in result.differences)
@@ -59,9 +59,10 @@ def handle(args) -> int:
         return verify(args)
     if not args.check:
         check_output_file("out", args.out)
+    from simulations.experiments.grid.convergence import RULE, SCOPE
     from simulations.reports.claims import render
 
-    text = render(args.results)
+    text = render(args.results, rules=((RULE, SCOPE),))
     if args.check:
         current = args.out.read_text() if args.out.is_file() else ""
         if current != text:

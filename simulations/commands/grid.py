@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from theory.validation import ConfigError
+
 
 def register(parser) -> None:
     parser.description = ("Grids of recovery runs. Each finished point is written atomically under a hash of its "
@@ -40,6 +42,10 @@ def register(parser) -> None:
     status.add_argument("out", type=Path, help="a grid's output directory")
     status.set_defaults(handler=handle_status)
 
+    settle = actions.add_parser("settle", help="add the convergence columns (settled, ...) to tables from their history.csv")
+    settle.add_argument("tables", type=Path, nargs="+", metavar="DIR", help="directories with results.csv and history.csv")
+    settle.set_defaults(handler=handle_settle)
+
 
 def handle_run(args) -> int:
     from simulations.experiments.grid import GridSpec, run_grid, write_table
@@ -61,6 +67,17 @@ def handle_table(args) -> int:
 
     for path in write_table(args.out):
         print(path)
+    return 0
+
+
+def handle_settle(args) -> int:
+    from simulations.experiments.grid import settle_table
+
+    missing = [str(directory) for directory in args.tables if not (directory / "results.csv").is_file()]
+    if missing:
+        raise ConfigError(f"tables: no results.csv in {', '.join(missing)}")
+    for directory in args.tables:
+        print(settle_table(directory))
     return 0
 
 

@@ -3,7 +3,9 @@ them that claims and figures both use (labelled rows, per-method summaries)."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -36,12 +38,38 @@ def grid_command(name: str, parallel: str = "--jobs 2") -> str:
     return f"gba grid run simulations/specs/{name}.toml --out simulations/results/{name} {parallel}"
 
 
+_loads: list[dict] | None = None
+"""Where `load_results` reports each results table it loads, inside `recording_loads`."""
+
+
+@contextlib.contextmanager
+def recording_loads() -> Iterator[list[dict]]:
+    """Collect, for every results table loaded inside the block, its grid and how many of its BA/GBA
+    points are unsettled (`convergence.RULE`)."""
+    global _loads
+    outer, _loads = _loads, []
+    try:
+        yield _loads
+    finally:
+        _loads = outer
+
+
 def load_results(results: str | Path, name: str, table: str = "results.csv") -> pd.DataFrame:
-    """The committed table `results/NAME/TABLE`; raises MissingTable naming the command that makes it."""
+    """The committed table `results/NAME/TABLE`; raises MissingTable naming the command that makes it.
+    A grid's results table must carry the convergence columns (`settled`: True/False for BA/GBA points,
+    empty for the others)."""
     path = Path(results) / name / table
     if not path.is_file():
         raise MissingTable(f"{path} is missing: run `gba grid run simulations/specs/{name}.toml --out {Path(results) / name}`")
-    return pd.read_csv(path)
+    frame = pd.read_csv(path)
+    if table != "results.csv" or "method" not in frame:
+        return frame
+    if "settled" not in frame:
+        raise MissingTable(f"{path} has no convergence columns: run `gba grid settle {path.parent}`")
+    if _loads is not None:
+        judged = frame["settled"].dropna().astype(str)
+        _loads.append({"grid": name, "points": len(judged), "unsettled": int((judged != "True").sum())})
+    return frame
 
 
 def load_llm_table(results: Path, table: str) -> pd.DataFrame:

@@ -18,9 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from simulations.reports.tables import RESULTS, MissingTable
+from simulations.reports.tables import RESULTS, MissingTable, recording_loads
 
 VERDICTS = ("reproduced", "partly", "not reproduced", "not testable here")
+
+NO_VERDICT = "no verdict: unsettled points"
+"""What a claim gets instead of its verdict when a table it reads holds an unsettled BA/GBA point."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,14 @@ edit by hand; add a claim in `simulations/reports/claims/`). Each row: a claim o
 the project's paper digest, §10), what the paper reports, the command that makes our table, what
 we measured and a verdict: reproduced / partly / not reproduced / not testable here. Our runs are
 scaled down to 2 CPU cores; the scale is stated in each row.
+
+## Rules
+
+| rule | applies to |
+|---|---|
+{rules}
+
+## Claims
 """
 
 
@@ -93,14 +104,22 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def render(results: Path) -> str:
-    """The whole paper_checks.md text, every claim measured from the tables under `results`."""
+def render(results: Path, rules: tuple[tuple[str, str], ...] = ()) -> str:
+    """The whole paper_checks.md text, every claim measured from the tables under `results`; `rules`
+    are (rule, what it applies to) pairs stated first, such as when a grid point counts as settled."""
     rows, notes = [], []
     for item in sorted(load_all().values(), key=Claim.sort_key):
         try:
-            measurement = item.measure(results)
+            with recording_loads() as loads:
+                measurement = item.measure(results)
             measured, verdict = measurement.measured, measurement.verdict
-            if measurement.note:
+            unsettled = {load["grid"]: load for load in loads if load["unsettled"]}
+            if unsettled:
+                # No verdict rests on an unsettled point (the rule above); the measurement is shown as is.
+                counts = ", ".join(f"{grid} {load['unsettled']} of {load['points']}" for grid, load in sorted(unsettled.items()))
+                measured += f" Unsettled BA/GBA points: {counts}."
+                verdict = NO_VERDICT
+            elif measurement.note:
                 notes.append((item, measurement.note))
         except MissingTable as error:
             measured, verdict = f"pending: {error}", "not measured yet"
@@ -108,7 +127,11 @@ def render(results: Path) -> str:
         rows.append(f"| {item.number} | {_cell(item.claim)} | {_cell(item.paper)} | `{_cell(item.command)}` | "
                     f"{_cell(measured)}{figure} | {verdict} |")
     which = "committed " if Path(results).resolve() == RESULTS.resolve() else ""
-    lines = [HEADER.format(which=which, results=Path(results).as_posix().rstrip("/")), "| # | claim | paper | command | measured here | verdict |", "|---|---|---|---|---|---|", *rows]
+    rows_of_rules = [*rules, (f"A claim whose tables hold an unsettled point gets \"{NO_VERDICT}\" instead of a verdict; its "
+                              "measurement is shown as is and its note is left out.", "every claim read from grid tables")]
+    header = HEADER.format(which=which, results=Path(results).as_posix().rstrip("/"),
+                           rules="\n".join(f"| {_cell(rule)} | {_cell(scope)} |" for rule, scope in rows_of_rules))
+    lines = [header, "| # | claim | paper | command | measured here | verdict |", "|---|---|---|---|---|---|", *rows]
     if notes:
         lines += ["", "## Where our data disagree with the paper, or say more", ""]
         for item, note in notes:

@@ -13,7 +13,7 @@ from simulations.reports.tables import MissingTable, grid_command, load_results
 
 def all_tables(results: Path) -> pd.DataFrame:
     """Every committed grid table, stacked."""
-    tables = [pd.read_csv(path) for path in sorted(Path(results).glob("*/results.csv"))]
+    tables = [load_results(results, path.parent.name) for path in sorted(Path(results).glob("*/results.csv"))]
     if not tables:
         raise MissingTable(f"no tables under {results}: run any `gba grid run simulations/specs/NAME.toml`")
     return pd.concat(tables, ignore_index=True)
