@@ -93,6 +93,7 @@ CASES = [
     (["recover", "--method", "ba", "--groups", "3"], "groups: method 'ba' has exactly 1 group"),
     (["recover", "--target-frequency", "2f", "--htf", "4f"], "highest_target: give either target_frequency or"),
     (["recover", "--method", "nope"], "argument --method: invalid choice: 'nope'"),
+    (["recover", "--tied", "maybe"], "argument --tied: invalid true\\|false value: 'maybe'"),
     # gba recover: files
     (["recover", "--features", "{tmp}/text.safetensors"], "features: .* is not a readable safetensors file"),
     (["recover", "--features", "{tmp}/truncated.safetensors"], "features: .* is not a readable safetensors file"),
@@ -125,6 +126,7 @@ CASES = [
     (["grid", "run", "{tmp}/spec.toml", "--out", "{tmp}/out", "--reuse", "{tmp}/nowhere"], "reuse: .* holds no grid points"),
     (["grid", "table", "{tmp}/full"], "has no grid.json"),
     (["grid", "status", "{tmp}/full"], "has no grid.json"),
+    (["grid", "settle", "{tmp}/dir"], "tables: no results.csv in .*dir"),
     # gba export
     (["export", "{tmp}/bad_config", "{tmp}/out"], "run_dir: .*config.json' does not read as JSON"),
     (["export", "{tmp}/not_a_run_config", "{tmp}/out"], "run_dir: .*config.json' is not a run's config"),

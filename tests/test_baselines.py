@@ -220,7 +220,7 @@ def test_bad_baseline_settings_name_the_setting():
 
 def test_cli_trains_a_baseline(capsys):
     argv = ["recover", "--method", "topk", "--k", "2", "--n", "32", "--d", "16", "--s", "2", "--width", "64",
-            "--steps", "20", "--batch-size", "64", "--untied", "--quiet", "--device", "cpu", "--json"]
+            "--steps", "20", "--batch-size", "64", "--tied", "false", "--quiet", "--device", "cpu", "--json"]
     assert main(argv) == 0
     assert '"l0": 2.0' in capsys.readouterr().out
 

@@ -13,6 +13,7 @@ def test_a_log_gets_periodic_plain_lines_with_an_eta():
     assert "\r" not in stream.getvalue()
     assert lines[0].startswith("training: 1/4 steps (25%)") and "ETA" in lines[0]
     assert lines[-1].startswith("training: 4/4 steps (100%)") and "ETA" not in lines[-1]
+    assert len(lines) == 4  # the closing line is not written twice
 
 
 def test_a_loop_shorter_than_the_interval_writes_nothing():

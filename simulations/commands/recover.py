@@ -39,7 +39,9 @@ def register(parser) -> None:
 
     sae = parser.add_argument_group("autoencoder")
     sae.add_argument("--width", type=int, default=1024, help="number of neurons M")
-    sae.add_argument("--untied", action="store_true", help="separate encoder and decoder matrices")
+    sae.add_argument("--tied", type=true_or_false, metavar="true|false",
+                     default=argparse.SUPPRESS, help="one matrix encodes and decodes (default: the method's: true for "
+                     "ba/gba as in the paper, false for the baselines as the field trains them)")
     sae.add_argument("--initial-scale", type=float, default=SAEConfig.initial_scale,
                      help="initial output scale a (tied) or decoder row norm (untied)")
 
@@ -120,11 +122,21 @@ def baseline_fields() -> dict[str, list[tuple[str, dataclasses.Field, str]]]:
     return fields
 
 
+def true_or_false(text: str) -> bool:
+    """'true' or 'false' (any case); anything else is argparse's one-line error."""
+    if text.lower() not in ("true", "false"):
+        raise ValueError(text)
+    return text.lower() == "true"
+
+
+true_or_false.__name__ = "true|false"  # argparse names the type in its error: "invalid true|false value"
+
+
 def flag_type(field: dataclasses.Field):
     """argparse type of a config field from its annotation ('int', 'float | None', 'bool', ...)."""
     annotation = str(field.type)
     if annotation.startswith("bool"):
-        return lambda text: {"true": True, "false": False}[text.lower()]
+        return true_or_false
     if annotation.startswith("int"):
         return int
     if annotation.startswith("float"):
@@ -180,7 +192,8 @@ def config_from_args(args, features: np.ndarray | None) -> RecoverConfig:
     method_config = METHODS[args.method].from_settings(settings, model.feature_frequency, args.method)
     return RecoverConfig(
         model=model,
-        sae=SAEConfig(width=args.width, tied=not args.untied, initial_scale=args.initial_scale),
+        sae=SAEConfig(width=args.width, tied=getattr(args, "tied", METHODS[args.method].tied_default),
+                      initial_scale=args.initial_scale),
         method=args.method,
         method_config=method_config,
         train=TrainConfig(

@@ -29,7 +29,7 @@ class LineProgress:
         self.stream = stream or sys.stderr
         self.started = self.last = time.perf_counter()
         self.closed = False
-        self.written = False
+        self.written, self.written_count = False, initial
 
     def __iter__(self):
         for item in self.iterable:
@@ -49,13 +49,14 @@ class LineProgress:
             self._write()
 
     def close(self) -> None:
-        if not self.closed and self.written:  # a loop too short for a periodic line stays silent
+        # A loop too short for a periodic line stays silent; one whose last count is written ends there.
+        if not self.closed and self.written and self.written_count != self.count:
             self._write()
         self.closed = True
 
     def _write(self) -> None:
         now = time.perf_counter()
-        self.last, self.written = now, True
+        self.last, self.written, self.written_count = now, True, self.count
         elapsed = now - self.started
         done = self.count - self.initial
         line = f"{self.desc}: {self.count}"

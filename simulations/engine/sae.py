@@ -24,7 +24,8 @@ class SAEConfig:
     width: int = 1024
     """Number of neurons M."""
     tied: bool = True
-    """One matrix W encodes and decodes (with a per-neuron output scale a), as in the paper."""
+    """One matrix W encodes and decodes (with a per-neuron output scale a), as in the paper. Flat settings
+    (`RecoverConfig.from_settings`, `gba recover`) default it per method (`MethodConfig.tied_default`)."""
     initial_scale: float = 0.01
     """Initial output scale a_m (tied) or decoder row norm (untied); small a is the theory's regime."""
     normalise_rows: bool = True

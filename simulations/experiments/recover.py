@@ -83,7 +83,8 @@ class RecoverConfig:
         Keys are the field names of `FeatureModel` (`s` is short for `sparsity`), `SAEConfig`,
         `TrainConfig` and the method's config class (its `setting_names()`), plus `method`, `seed`
         (the run's seed, also V's unless `feature_seed` is given), `feature_seed` and
-        `eval_samples`. The method's config reads its own keys (`from_settings`): for BA/GBA,
+        `eval_samples`. `tied` defaults to the method's (`tied_default`: BA/GBA tied as in the paper, the
+        baselines untied as the field trains them). The method's config reads its own keys (`from_settings`): for BA/GBA,
         `target_frequency` sets the single target and a frequency may be a multiple of f written
         as a string, e.g. "2f". `width` may be a multiple of n, e.g. "4n", and `d` a multiple of
         sqrt(n), e.g. "2sqrt(n)" (both rounded to the nearest integer, at least 1), so a spec
@@ -107,6 +108,7 @@ class RecoverConfig:
         if isinstance(parts["sae"].get("width"), str):
             parts["sae"]["width"] = multiple_setting(parts["sae"]["width"], "width", "n", model.n, "4n", "an integer >= 1", integer=True)
         method_class = METHODS[method]
+        parts["sae"].setdefault("tied", method_class.tied_default)
         method_names = method_class.setting_names()
         method_settings = {key: settings.pop(key) for key in list(settings) if key in method_names}
         method_config = method_class.from_settings(method_settings, model.feature_frequency, method)

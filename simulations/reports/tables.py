@@ -93,6 +93,19 @@ def method_label(row) -> str:
     return f"{row['method']} {SWEPT[row['method']]}={row[SWEPT[row['method']]]:g}"
 
 
+def scale_text(table: pd.DataFrame) -> str:
+    """The scale of a table's points, read from it: 'n = 128, d = 42, s = [3, 20], tied SAE width 4n,
+    2400 steps of 512' (several values of a setting are joined by '/')."""
+    table = table[["n", "d", "sparsity", "width", "tied", "steps", "batch_size"]]
+    table = table.assign(width_over_n=table["width"] / table["n"], tying=table["tied"].map(lambda tied: "tied" if str(tied) == "True" else "untied"))
+
+    def values(column, show=str):
+        return "/".join(show(value) for value in sorted(table[column].dropna().unique()))
+
+    return (f"n = {values('n')}, d = {values('d')}, s = {values('sparsity')}, {values('tying')} SAE width "
+            f"{values('width_over_n', lambda ratio: f'{ratio:g}n')}, {values('steps')} steps of {values('batch_size')}")
+
+
 def toy_table(results: Path) -> pd.DataFrame:
     """FRR(0.8), FRR(0.9) mean and sd over seeds per method of the toy grid, beside the paper's."""
     table = load_results(results, "toy_baselines")

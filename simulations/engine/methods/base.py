@@ -22,7 +22,7 @@ import ast
 import dataclasses
 import inspect
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, ClassVar, Iterator
 
 import torch
 from torch import nn
@@ -32,6 +32,10 @@ from theory.validation import ConfigError
 
 class MethodConfig:
     """Base of the frozen method configs: `build` makes the method for an SAE of a given width."""
+
+    tied_default: ClassVar[bool] = False
+    """Whether the method's SAE is tied where a setting leaves it out: the field trains its baselines
+    untied; bias adaptation overrides this with the paper's tied SAE."""
 
     def build(self, width: int, device="cpu") -> "Method":
         raise NotImplementedError

@@ -16,6 +16,7 @@ pre-activations; the result is the same (tests/test_bias_adaptation.py proves it
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -39,6 +40,9 @@ K = 10 geometric targets from HTF 0.1 to LTF 0.001 (v1 of the paper; digest §3.
 @dataclass(frozen=True)
 class BiasAdaptationConfig(MethodConfig):
     """Groups with geometric target frequencies and the bias-update rule (Algorithm 2)."""
+
+    tied_default: ClassVar[bool] = True
+    """The paper trains BA/GBA on a tied SAE."""
 
     highest_target: float = 0.02
     """Target activation frequency p_1 of the first group (HTF); BA's single target p."""

@@ -9,13 +9,11 @@ import pandas as pd
 
 from simulations.reports.claims import Measurement, claim
 from simulations.reports.paper import TOY_FRR
-from simulations.reports.tables import MissingTable, frontier_table, grid_command, load_results, toy_table
+from simulations.reports.tables import MissingTable, frontier_table, grid_command, load_results, scale_text, toy_table
 
 ONE_THREAD = "--jobs 1 --threads 1"
 
 
-TOY_SCALE = "n = 128, d = 42, s ∈ {3, 20}, tied SAE width 4n, 400 steps of 512"
-SENSITIVITY_SCALE = "n = 64, d = 24, s = 2, uniform frequencies, width 4n, 300 steps of 512, 2 seeds"
 
 
 def toy_row(results: Path, label: str) -> Measurement:
@@ -23,7 +21,7 @@ def toy_row(results: Path, label: str) -> Measurement:
     summary = toy_table(results)
     row = summary.loc[label]
     paper = TOY_FRR[label]
-    measured = (f"{TOY_SCALE}, {int(row['seeds'])} seeds: FRR(0.8) = {row['frr_08_mean']:.1%} ± {row['frr_08_sd']:.1%}, "
+    measured = (f"{scale_text(load_results(results, 'toy_baselines'))}, {int(row['seeds'])} seeds: FRR(0.8) = {row['frr_08_mean']:.1%} ± {row['frr_08_sd']:.1%}, "
                 f"FRR(0.9) = {row['frr_09_mean']:.1%} ± {row['frr_09_sd']:.1%} (L0 {row['l0']:.1f})")
     close = [abs(ours - theirs) <= 0.05 for ours, theirs in zip((row["frr_08_mean"], row["frr_09_mean"]), paper)]
     verdict = "reproduced" if all(close) else ("partly" if any(close) else "not reproduced")
@@ -38,9 +36,11 @@ def investigation_note(results: Path) -> str:
         return ""
     base = load_results(results, "toy_baselines")
     base = base[((base["method"] == "topk") & (base["k"] == 20)) | ((base["method"] == "gba") & (base["highest_target"] > base["feature_frequency"]))]
+    steps, width = base["steps"].iloc[0], base["width"].iloc[0]
     change = np.select(
-        [~table["tied"].astype(bool), table["steps"] != 400, table["width"] != 512],
-        ["untied", "3x steps (1200)", "2x width (8n)"],
+        [~table["tied"].astype(bool), table["steps"] != steps, table["width"] != width],
+        [pd.Series("untied", index=table.index), table["steps"].map(lambda longer: f"{longer / steps:g}x steps ({longer})"),
+         table["width"].map(lambda wider: f"{wider / width:g}x width ({wider / table['n'].iloc[0]:g}n)")],
         "uniform coefficients",
     )
     rows = pd.concat([base.assign(change="as in the table"), table.assign(change=change)])
@@ -63,6 +63,10 @@ for number, label in (("11", "TopK k=20"), ("12", "TopK k=30"), ("13", "TopK k=5
         command=grid_command("toy_baselines", ONE_THREAD),
         figure="toy_baselines",
     )(lambda results, label=label: toy_row(results, label))
+
+
+def sensitivity_scale(table: pd.DataFrame) -> str:
+    return f"{scale_text(table)}, frequency decay {'/'.join(f'{decay:g}' for decay in sorted(table['frequency_decay'].unique()))}, {table['seed'].nunique()} seeds"
 
 
 def gba_points(results: Path) -> pd.DataFrame:
@@ -95,7 +99,7 @@ def on_frontier(results: Path) -> Measurement:
     for groups, part in points.groupby("K"):
         l0, fvu = part["l0"].mean(), part["fvu"].mean()
         gaps[int(groups)] = (l0, fvu, fvu - topk_frontier_fvu(results, l0))
-    measured = (f"{SENSITIVITY_SCALE}, HTF = 4f: FVU above the TopK sweep at the same L0: "
+    measured = (f"{sensitivity_scale(table)}, HTF = 4f: FVU above the TopK sweep at the same L0: "
                 + "; ".join(f"K = {k}: L0 {l0:.1f}, FVU {fvu:.3f} ({gap:+.3f})" for k, (l0, fvu, gap) in gaps.items()))
     within = [gap <= 0.02 for _, _, gap in gaps.values()]
     verdict = "reproduced" if all(within) else ("partly" if any(within) else "not reproduced")
@@ -117,7 +121,7 @@ def groups_saturate(results: Path) -> Measurement:
     default = table[np.isclose(table["htf"], 4) & np.isclose(table["ltf"], 0.25)]
     by_k = default.groupby("K")[["normalised_mse", "fvu", "l0", "frr_0.9"]].mean()
     change = abs(by_k.loc[20, "normalised_mse"] - by_k.loc[10, "normalised_mse"])
-    measured = (f"{SENSITIVITY_SCALE}, HTF = 4f, LTF = f/4: normalised MSE K = 10: {by_k.loc[10, 'normalised_mse']:.4f}, "
+    measured = (f"{sensitivity_scale(table)}, HTF = 4f, LTF = f/4: normalised MSE K = 10: {by_k.loc[10, 'normalised_mse']:.4f}, "
                 f"K = 20: {by_k.loc[20, 'normalised_mse']:.4f} (Δ = {change:.4f}); FRR(0.9) {by_k.loc[10, 'frr_0.9']:.2f} → "
                 f"{by_k.loc[20, 'frr_0.9']:.2f}; L0 {by_k.loc[10, 'l0']:.1f} → {by_k.loc[20, 'l0']:.1f}")
     return Measurement(measured, "reproduced" if change <= 0.01 else "not reproduced",
@@ -135,7 +139,7 @@ def lower_ltf(results: Path) -> Measurement:
     table = gba_points(results)
     sweep = table[np.isclose(table["htf"], 4) & (table["K"] == 10)].groupby("ltf")[["l0", "normalised_mse", "frr_0.9"]].mean()
     sweep = sweep.sort_index(ascending=False)
-    measured = f"{SENSITIVITY_SCALE}, HTF = 4f, K = 10: " + "; ".join(
+    measured = f"{sensitivity_scale(table)}, HTF = 4f, K = 10: " + "; ".join(
         f"LTF = {ltf:g}f: L0 {row['l0']:.2f}, normalised MSE {row['normalised_mse']:.4f}, FRR(0.9) {row['frr_0.9']:.2f}"
         for ltf, row in sweep.iterrows())
     sparser = bool(np.all(np.diff(sweep["l0"].to_numpy()) < 0))

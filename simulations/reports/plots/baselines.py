@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib.ticker import NullFormatter
 
 from simulations.reports.plots import figure, save_figure
-from simulations.reports.tables import SWEPT, frontier_table, load_results, toy_table
+from simulations.reports.tables import SWEPT, frontier_table, load_results, scale_text, toy_table
 
 def log_x(ax) -> None:
     """Log x axis with labelled major ticks only (minor labels overlap on short ranges)."""
@@ -31,7 +31,7 @@ def toy_baselines(results: Path, out: Path) -> Path:
         ax.set_ylim(0, 1.05)
     axes[0].set_ylabel("feature recovery rate")
     axes[0].legend(fontsize=8)
-    fig.suptitle("Imbalanced toy: n = 128, d = 42, s ∈ {3, 20}; tied SAE width 4n, 400 steps of 512")
+    fig.suptitle(f"Imbalanced toy: {scale_text(load_results(results, 'toy_baselines'))}")
     return save_figure(fig, out, "toy_baselines")
 
 
@@ -58,7 +58,7 @@ def frontier(results: Path, out: Path) -> Path:
             log_x(ax)
             ax.set_xlabel("L0 (active latents per sample; true s = 2)")
     axes[0][0].legend(fontsize=7)
-    fig.suptitle("Frontier: n = 64, d = 24, s = 2, width 4n, 300 steps of 512; mean of 2 seeds per sweep point")
+    fig.suptitle(f"Frontier: {scale_text(table)}; mean of {table['seed'].nunique()} seeds per sweep point")
     return save_figure(fig, out, "frontier")
 
 
@@ -94,6 +94,6 @@ def sensitivity(results: Path, out: Path) -> Path:
     axes[1][3].text(0, 0.5, f"GBA default point: FRR(0.9) = {gba.loc[default, 'frr_0.9'].mean():.2f}\n"
                     "(mean over seeds; bars: range)", fontsize=9)
     for row in axes:
-        row[0].set_ylabel("FRR(0.9) (mean, range over 2 seeds)")
-    fig.suptitle("Sensitivity: n = 64, d = 24, s = 2, uniform frequencies, width 4n, 300 steps of 512")
+        row[0].set_ylabel(f"FRR(0.9) (mean, range over {gba['seed'].nunique()} seeds)")
+    fig.suptitle(f"Sensitivity: {scale_text(gba)}")
     return save_figure(fig, out, "sensitivity")
