@@ -102,3 +102,11 @@ def test_a_grid_table_without_convergence_columns_is_pending(tmp_path, registrie
 
 def test_committed_paper_checks_is_regenerated_not_edited():
     assert main(["checks", "--check"]) == 0
+
+
+def test_the_scale_of_a_table_is_read_from_it():
+    from simulations.reports.tables import scale_text
+
+    table = pd.DataFrame({"n": [128, 128], "d": [42, 42], "sparsity": ["[3, 20]"] * 2, "width": [512, 1024],
+                          "tied": [True, False], "steps": [2400, 2400], "batch_size": [512, 512]})
+    assert scale_text(table) == "n = 128, d = 42, s = [3, 20], tied/untied SAE width 4n/8n, 2400 steps of 512"

@@ -70,7 +70,7 @@ def sensitivity_scale(table: pd.DataFrame) -> str:
 
 
 def gba_points(results: Path) -> pd.DataFrame:
-    table = load_results(results, "gba_sensitivity")
+    table = load_results(results, "gba_sensitivity").copy()  # a wide CSV reads fragmented
     f = table["feature_frequency"]
     groups = table["groups"].where(table["method"] == "gba", 1)
     return table.assign(htf=table["highest_target"] / f, ltf=table["lowest_target"] / f, K=groups,

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from simulations.reports.claims import Measurement, claim
-from simulations.reports.tables import MissingTable, grid_command, load_results
+from simulations.reports.tables import MissingTable, grid_command, load_results, scale_text
 
 
 def all_tables(results: Path) -> pd.DataFrame:
@@ -55,7 +55,7 @@ def theorem_point(results: Path) -> Measurement:
         raise MissingTable("simulations/results/band_edge has no point inside the stated band")
     by_p = inside.groupby("highest_target_over_f")[["frr_0.9", "frr_0.8", "frr_init_0.9"]].agg(["mean", "min"])
     row = inside.iloc[0]
-    measured = (f"n = {int(row['n'])}, d = {int(row['d'])}, width 4n, 600 steps, {inside['seed'].nunique()} seeds, the "
+    measured = (f"{scale_text(inside)}, {inside['seed'].nunique()} seeds, the "
                 f"targets inside the stated band [{row['stated_band_lower'] / row['feature_frequency']:.2f}f, "
                 f"{row['stated_band_upper'] / row['feature_frequency']:.2f}f]: "
                 + "; ".join(f"p = {p:g}f: FRR(0.9) mean {r[('frr_0.9', 'mean')]:.3f} (min {r[('frr_0.9', 'min')]:.3f}), "
@@ -64,7 +64,7 @@ def theorem_point(results: Path) -> Measurement:
                 + f"; width condition met: {bool(inside['width_condition_holds'].astype(str).eq('True').any())}")
     worst = inside["frr_0.9"].min()
     verdict = "reproduced" if worst >= 0.99 else ("partly" if worst >= 0.9 else "not reproduced")
-    note = ("Inside the stated band most but not all features pass cosine 0.9 after 600 steps at n = 256; the lower "
+    note = (f"Inside the stated band most but not all features pass cosine 0.9 after {int(row['steps'])} steps at n = {int(row['n'])}; the lower "
             "targets recover fewer. " + covered_heatmap_cells(results)) if verdict != "reproduced" else ""
     return Measurement(measured, verdict, note)
 
@@ -245,7 +245,7 @@ def best_target(results: Path) -> Measurement:
     realised = table.groupby("highest_target_over_f")["matched_frequency_over_f"].mean()
     best = by_p[by_p >= by_p.max() - 0.02].index
     at_f = by_p.loc[np.isclose(by_p.index, 1.0)].iloc[0]
-    measured = (f"n = 256, d = {int(table['d'].iloc[0])}, {table['seed'].nunique()} seeds: FRR(0.9) by p/f: "
+    measured = (f"n = {int(table['n'].iloc[0])}, d = {int(table['d'].iloc[0])}, {table['seed'].nunique()} seeds: FRR(0.9) by p/f: "
                 + ", ".join(f"{p:g}: {v:.2f}" for p, v in by_p.items())
                 + f". Within 0.02 of the best at p/f = {listed(best)}; at p = f: {at_f:.2f}. Realised frequency of the "
                 "features' neurons / f at each target: " + ", ".join(f"{p:g}: {v:.2f}" for p, v in realised.items()))
@@ -304,8 +304,7 @@ def constant_steps(results: Path) -> Measurement:
         samples = [run.loc[run["frr_0.9"] >= 0.9, "samples"].min() for _, run in part.groupby("key")]
         reached[n] = samples
     final = table.groupby("n")["frr_0.9"].mean()
-    measured = (f"samples until FRR(0.9) ≥ 0.9, per seed (BA, p = f, d = {listed(sorted(table['d'].unique()))}, "
-                "width 4n, batch 1024): "
+    measured = (f"samples until FRR(0.9) ≥ 0.9, per seed (BA, p = f; {scale_text(table)}): "
                 + "; ".join(f"n = {n}: {', '.join('never' if pd.isna(s) else f'{s / 1000:.0f}k' for s in v)} "
                             f"(final FRR {final[n]:.2f})" for n, v in reached.items()))
     medians = pd.Series({n: np.nanmedian(v) if not all(pd.isna(v)) else np.inf for n, v in reached.items()})
@@ -314,7 +313,7 @@ def constant_steps(results: Path) -> Measurement:
     ratio = reached_all.max() / reached_all.min() if len(reached_all) else np.inf
     verdict = "reproduced" if not never and ratio <= 1.5 else ("partly" if len(reached_all) >= 2 else "not reproduced")
     if never:
-        note = f"n = {listed(never)} did not reach FRR(0.9) = 0.9 within 600 steps. "
+        note = f"n = {listed(never)} did not reach FRR(0.9) = 0.9 within {int(table['steps'].max())} steps. "
     else:
         note = ""
     if len(reached_all) >= 2:
@@ -402,13 +401,13 @@ def imbalanced_full(results: Path) -> Measurement:
         parts.append(f"{high / f:.3g}f → {low / f:.3g}f: FRR(0.8) = {part['frr_0.8'].mean():.1%}, "
                      f"FRR(0.9) = {part['frr_0.9'].mean():.1%} (min {part['frr_0.9'].min():.1%}), L0 {part['l0'].mean():.0f}")
     topk = grid[grid["method"] == "topk"].groupby("k")[["frr_0.8", "frr_0.9"]].mean()
-    measured = (f"n = 128, d = 42, s ∈ {{3, 20}} (E[s] = 11.5), GBA K = 10, width 8n, 600 steps, "
+    measured = (f"{scale_text(grid)} (E[s] = {grid['feature_frequency'].iloc[0] * grid['n'].iloc[0]:.3g}), GBA K = 10, "
                 f"{full['seed'].nunique()} seeds, targets covering f: " + "; ".join(parts)
                 + ("; TopK on the same SAE and schedule: " + ", ".join(
                     f"k = {k:g}: {r['frr_0.8']:.1%} / {r['frr_0.9']:.1%}" for k, r in topk.iterrows()) if len(topk) else ""))
     best = full.groupby(["highest_target", "lowest_target"])["frr_0.9"].min().max()
     verdict = "reproduced" if best >= 0.99 else ("partly" if best >= 0.8 else "not reproduced")
-    note = ("No coverage of f that we tried recovers every feature within 600 steps. The wider the coverage above f, "
+    note = (f"No coverage of f that we tried recovers every feature within {int(grid['steps'].max())} steps. The wider the coverage above f, "
             "the worse: with f = 0.09 a top target of 4f is a third of all samples, those groups fire densely (L0 "
             "far above E[s] = 11.5) and plausibly reconstruct x on their own, as in the uniform-frequency grid (claim "
             "§7, where 2.5× longer training helped). The paper does not say which range, width or training length it "
@@ -454,7 +453,7 @@ def imbalanced_wrong(results: Path) -> Measurement:
 def tuning_free(results: Path) -> Measurement:
     table = load_results(results, "gba_uniform")
     by = table.groupby(["groups", "highest_target_over_f"]).agg(frr=("frr_0.9", "mean"), l0=("l0", "mean"))
-    measured = ("single-frequency model n = 256, d = 45, width 4n, LTF f/4: FRR(0.9) (L0) by K and HTF/f: "
+    measured = (f"single-frequency model, {scale_text(table)}, LTF f/4: FRR(0.9) (L0) by K and HTF/f: "
                 + "; ".join(f"K = {k}, {h:.3g}f: {r.frr:.2f} ({r.l0:.0f})" for (k, h), r in by.iterrows()))
     try:
         widths = load_results(results, "gba_width")
@@ -467,7 +466,7 @@ def tuning_free(results: Path) -> Measurement:
     verdict = "reproduced" if spread <= 0.1 else "not reproduced"
     near = by[by.index.get_level_values("highest_target_over_f") <= 10.5]
     far = by[by.index.get_level_values("highest_target_over_f") > 10.5]
-    note = (f"On a single-frequency model, within 600 steps, GBA is sensitive to the highest target: HTF ≤ 10f recovers "
+    note = (f"On a single-frequency model, within {int(table['steps'].max())} steps, GBA is sensitive to the highest target: HTF ≤ 10f recovers "
             f"FRR(0.9) ≥ {near['frr'].min():.2f} with L0 ≤ {near['l0'].max():.0f}, HTF 0.5 recovers "
             f"{far['frr'].min():.2f}–{far['frr'].max():.2f} with L0 {far['l0'].min():.0f}–{far['l0'].max():.0f}. The groups "
             "whose target is far above f fire densely and plausibly reconstruct x on their own, which slows the "

@@ -10,7 +10,7 @@ import pandas as pd
 
 from simulations.reports.paper import HEAVY_BAND
 from simulations.reports.plots import figure, save_figure
-from simulations.reports.tables import MissingTable, load_results
+from simulations.reports.tables import MissingTable, load_results, scale_text
 from theory.bounds import required_width, simplified_band, stated_band
 
 CONDITIONS = ("H1", "H2", "H3", "V1")
@@ -235,7 +235,7 @@ def imbalanced(results: Path, out: Path) -> Path:
     ax.legend(fontsize=8, loc="center right")
     f = table["feature_frequency"].iloc[0]
     ax.set_xlabel("method (GBA: K groups, HTF → LTF in units of f)")
-    ax.set_title(f"Imbalanced toy: n = 128, d = 42, s ∈ {{3, 20}} (f = {f:.3f}), width 8n, 600 steps, same SAE for every method\n"
+    ax.set_title(f"Imbalanced toy: {scale_text(table)} (f = {f:.3f}), same SAE for every method\n"
                  "paper (setting unstated), FRR(0.8) / FRR(0.9): GBA covering 100 / 100 %, wrong coverage 38.3 / 3.9 %; "
                  "TopK k=20: 100 / 98.4 %, k=30: 98.4 / 24.2 %, k=50: 94.5 / 23.4 %", fontsize=9)
     return save_figure(fig, out, "imbalanced")
