@@ -71,9 +71,12 @@ def grid_table(out: str | Path) -> pd.DataFrame:
     """The tidy table of all finished points under `out` (one row per point), with the convergence
     columns of `convergence.RULE`."""
     records = load_records(out)
-    spec = read_manifest(out)["spec"]
+    return _table_of(records, read_manifest(out)["spec"], histories(records))
+
+
+def _table_of(records: list[dict], spec: dict, history: pd.DataFrame) -> pd.DataFrame:
     rows = pd.DataFrame([record_row(record, spec["name"], varied_settings(spec)) for record in records])
-    return convergence_columns(rows, histories(records))
+    return convergence_columns(rows, history)
 
 
 def varied_settings(spec) -> set[str]:
@@ -101,12 +104,14 @@ def write_table(out: str | Path) -> tuple[Path, Path, Path]:
     """Write `results.csv` (with the convergence columns of `convergence.RULE`), `results.parquet` and
     `history.csv` under `out`."""
     out = Path(out)
-    table = grid_table(out)
+    records = load_records(out)  # every point file read once for both tables
+    history_table = histories(records)
+    table = _table_of(records, read_manifest(out)["spec"], history_table)
     csv, parquet, history = out / "results.csv", out / "results.parquet", out / "history.csv"
     write_atomically(csv, table.to_csv(index=False))
     with atomic_path(parquet) as path:
         table.to_parquet(path, index=False)
-    write_atomically(history, grid_history(out).to_csv(index=False))
+    write_atomically(history, history_table.to_csv(index=False))
     return csv, parquet, history
 
 
