@@ -181,8 +181,9 @@ def test_exported_tensors_reproduce_the_codes(method, easy_runs):
 
 def test_flat_settings_reach_every_method_config():
     assert set(METHODS) == {"ba", "gba", "topk", "batchtopk", "relu-l1", "jumprelu"}
-    assert easy("topk", k=7).method_config == TopKConfig(k=7)
-    assert easy("batchtopk", threshold_rate=0.1).method_config == BatchTopKConfig(k=2, threshold_rate=0.1)
+    window = 500 * 512 // 10  # a tenth of the run's samples
+    assert easy("topk", k=7).method_config == TopKConfig(k=7, dead_window=window)
+    assert easy("batchtopk", threshold_rate=0.1).method_config == BatchTopKConfig(k=2, threshold_rate=0.1, dead_window=window)
     assert easy("relu-l1").method_config == ReluL1Config(l1_coefficient=0.05)
     assert easy("jumprelu", target_l0=3.0).method_config == JumpReLUConfig(0.01, 3.0, initial_threshold=0.3)
     config = easy("topk")
@@ -191,6 +192,22 @@ def test_flat_settings_reach_every_method_config():
         RecoverConfig.from_settings({"method": "topk", "l1_coefficient": 0.1})
     with pytest.raises(ConfigError, match="k: must be at most the width"):
         RecoverConfig.from_settings({"method": "topk", "k": 300, "width": 256})
+
+
+def test_the_dead_window_follows_the_run_unless_given():
+    assert easy("topk").method_config.dead_window == 25_600
+    assert easy("topk", steps=10**6, batch_size=4096).method_config.dead_window == 10_000_000  # the field's 10M at most
+    assert easy("topk", dead_window=300).method_config.dead_window == 300
+    assert easy("topk", steps=1, batch_size=5).method_config.dead_window == 1
+    # Resolved in the recorded config, so a table states the window each run used.
+    assert RecoverConfig.from_dict(easy("topk").to_dict()).method_config.dead_window == 25_600
+
+
+def test_auxk_fires_in_a_run_of_default_settings():
+    # Width 512 for 64 features leaves latents unused; with the window a tenth of the run, some are
+    # declared dead before the end, which a fixed 10M-sample window never did in a 256k-sample run.
+    result = run(easy("topk", width=512, steps=100))
+    assert result.method.dead().any()
 
 
 @pytest.mark.parametrize(

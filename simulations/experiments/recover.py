@@ -45,7 +45,8 @@ class RecoverConfig:
     """Training method, a key of `simulations.engine.methods.METHODS`."""
     method_config: MethodConfig | None = None
     """Settings of the method (for BA/GBA: targets, gamma, epsilon, update interval); None takes the
-    method's defaults for this model (BA/GBA: `bias_adaptation.DEFAULT_TARGETS`)."""
+    method's defaults for this model (BA/GBA: `bias_adaptation.DEFAULT_TARGETS`). Settings that scale
+    with the run (TopK's dead window) are resolved for `train`'s samples (`MethodConfig.for_run`)."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Optimiser settings."""
     seed: int = 0
@@ -60,6 +61,7 @@ class RecoverConfig:
             object.__setattr__(self, "method_config", default)
         if not isinstance(self.method_config, METHODS[self.method]):
             raise ConfigError(f"method_config: method {self.method!r} needs a {METHODS[self.method].__name__}")
+        object.__setattr__(self, "method_config", self.method_config.for_run(self.train.steps * self.train.batch_size))
         self.method_config.check(self.method, self.sae.width)
         check_int("seed", self.seed, 0, MAX_SEED)
         check_int("eval_samples", self.eval_samples, 1)

@@ -43,6 +43,11 @@ class MethodConfig:
     def check(self, method: str, width: int) -> None:
         """Checks that need the method's name or the SAE's width (raise ConfigError); none by default."""
 
+    def for_run(self, samples: int) -> "MethodConfig":
+        """This config with the settings that scale with the run's length resolved for a run of
+        `samples` training samples; the config itself when none does."""
+        return self
+
     @classmethod
     def setting_names(cls) -> set[str]:
         """Names accepted by `from_settings`: the config's fields."""

@@ -11,12 +11,17 @@ config.json). A per-sample TopK has no fixed threshold, so no `threshold` tensor
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from simulations.engine.methods.base import Codes, Entries, LearnedBiasMethod, MethodConfig, Projections, check_width
 from theory.validation import check_int, check_real
+
+
+FIELD_DEAD_WINDOW = 10_000_000
+"""The field's dead-latent window in tokens (Gao et al., sparsify, dictionary_learning); also the
+window of a method built from a config whose window was never resolved for a run (`for_run`)."""
 
 
 @dataclass(frozen=True)
@@ -29,19 +34,26 @@ class TopKConfig(MethodConfig):
     """Weight of the AuxK loss (Gao et al. and dictionary_learning: 1/32); 0 turns AuxK off (sparsify's default)."""
     aux_k: int | None = None
     """Latents in the AuxK reconstruction; None = d/2 (SAELens, dictionary_learning)."""
-    dead_window: int = 10_000_000
-    """A latent is dead when it has not fired in this many training samples (the field's 10M tokens;
-    scale it to the run: a toy run of 250k samples never declares a latent dead at the default)."""
+    dead_window: int | None = None
+    """A latent is dead when it has not fired in this many training samples. None = a tenth of the
+    run, at most the field's 10M tokens (sparsify, dictionary_learning): the field's runs are 100 to
+    1000 times their window, so a fixed 10M would never declare a latent dead in a shorter run."""
 
     def __post_init__(self):
         check_int("k", self.k, 1)
         check_real("aux_coefficient", self.aux_coefficient, 0.0)
         if self.aux_k is not None:
             check_int("aux_k", self.aux_k, 1)
-        check_int("dead_window", self.dead_window, 1)
+        if self.dead_window is not None:
+            check_int("dead_window", self.dead_window, 1)
 
     def check(self, method: str, width: int) -> None:
         check_width("k", self.k, width)
+
+    def for_run(self, samples: int) -> "TopKConfig":
+        if self.dead_window is not None:
+            return self
+        return replace(self, dead_window=max(1, min(FIELD_DEAD_WINDOW, samples // 10)))
 
     def build(self, width: int, device="cpu") -> "TopK":
         self.check("topk", width)
@@ -75,7 +87,7 @@ class TopK(LearnedBiasMethod):
 
     def dead(self) -> torch.Tensor:
         """Latents that have not fired within the last `dead_window` training samples."""
-        return self.samples_since_fired >= self.config.dead_window
+        return self.samples_since_fired >= (self.config.dead_window or FIELD_DEAD_WINDOW)
 
     @property
     def needs_dense_step(self) -> bool:

@@ -67,16 +67,19 @@ class LLMRunConfig:
             check_int("max_tokens", self.max_tokens, 1)
 
     def method_config(self) -> MethodConfig:
+        """The method's config, with the settings that scale with the run resolved for its tokens."""
         settings = dict(self.method_settings)
         config_class = METHODS[self.method]
         try:
             if "target_frequency" in settings and hasattr(config_class, "single"):
-                return config_class.single(settings.pop("target_frequency"), **settings)
-            return config_class(**settings)
+                config = config_class.single(settings.pop("target_frequency"), **settings)
+            else:
+                config = config_class(**settings)
         except TypeError:
             allowed = ", ".join(sorted(config_class.setting_names()))
             unknown = ", ".join(sorted(set(settings) - config_class.setting_names())) or "(a duplicate setting)"
             raise ConfigError(f"method_settings: {unknown} not a setting of {self.method!r} (its settings: {allowed})") from None
+        return config.for_run(self.train.steps * self.train.batch_size)
 
     def to_dict(self) -> dict:
         return {
