@@ -92,6 +92,37 @@ def test_a_claim_on_an_unsettled_point_gets_no_verdict_and_no_note(tmp_path, reg
     assert "| 5 |" in text and "| reproduced |" in text and "**Claim 5.** why" in text
 
 
+def test_a_claim_on_another_methods_rows_keeps_its_verdict(tmp_path, registries):
+    CLAIMS.clear()
+    (tmp_path / "grid").mkdir()
+    points = pd.DataFrame({"method": ["gba", "topk"], "frr_0.9": [0.2, 1.0], "settled": [False, None]})
+    points.to_csv(tmp_path / "grid" / "results.csv", index=False)
+    claim("11", "TopK recovers", paper="100 %", command="y")(
+        lambda results: Measurement(f"FRR = {load_results(results, 'grid', methods=('topk',))['frr_0.9'].mean():.2f}", "reproduced"))
+    claim("10", "GBA recovers", paper="100 %", command="y")(
+        lambda results: Measurement(f"FRR = {load_results(results, 'grid', methods=('gba',))['frr_0.9'].mean():.2f}", "not reproduced"))
+    rows = [line for line in render(tmp_path).split("## Claims")[1].splitlines() if line.startswith("| 1")]
+    assert rows[0].startswith("| 10 |") and rows[0].endswith(f"| {NO_VERDICT} |") and "FRR = 0.20" in rows[0]
+    assert rows[1].startswith("| 11 |") and rows[1].endswith("| reproduced |") and "FRR = 1.00" in rows[1]
+
+
+def test_figures_ring_the_unsettled_runs_and_count_them():
+    import matplotlib.pyplot as plt
+
+    from simulations.reports.plots import mark_unsettled, unsettled_counts
+
+    table = pd.DataFrame({"x": [1, 2, 3, 4], "y": [0.1, 0.5, 0.9, 0.7], "method": ["ba", "ba", "gba", "topk"],
+                          "settled": [False, True, False, None]})
+    fig, ax = plt.subplots()
+    mark_unsettled(ax, table, "x", "y")
+    rings = ax.collections[-1]
+    assert rings.get_label() == "unsettled run (ring): 2 of 3"
+    assert rings.get_offsets().tolist() == [[1.0, 0.1], [3.0, 0.9]]
+    assert rings.get_facecolors().size == 0  # hollow
+    plt.close(fig)
+    assert unsettled_counts(table, "method").to_dict() == {"ba": "1/2 unsettled", "gba": "1/1 unsettled", "topk": ""}
+
+
 def test_a_grid_table_without_convergence_columns_is_pending(tmp_path, registries):
     CLAIMS.clear()
     (tmp_path / "grid").mkdir()

@@ -54,10 +54,12 @@ def recording_loads() -> Iterator[list[dict]]:
         _loads = outer
 
 
-def load_results(results: str | Path, name: str, table: str = "results.csv") -> pd.DataFrame:
+def load_results(results: str | Path, name: str, table: str = "results.csv",
+                 methods: tuple[str, ...] | None = None) -> pd.DataFrame:
     """The committed table `results/NAME/TABLE`; raises MissingTable naming the command that makes it.
     A grid's results table must carry the convergence columns (`settled`: True/False for BA/GBA points,
-    empty for the others)."""
+    empty for the others). `methods` keeps only those methods' rows, so that a reader of one method's
+    rows is judged by their settledness alone."""
     path = Path(results) / name / table
     if not path.is_file():
         raise MissingTable(f"{path} is missing: run `gba grid run simulations/specs/{name}.toml --out {Path(results) / name}`")
@@ -66,6 +68,8 @@ def load_results(results: str | Path, name: str, table: str = "results.csv") -> 
         return frame
     if "settled" not in frame:
         raise MissingTable(f"{path} has no convergence columns: run `gba grid settle {path.parent}`")
+    if methods is not None:
+        frame = frame[frame["method"].isin(methods)].reset_index(drop=True)
     if _loads is not None:
         judged = frame["settled"].dropna().astype(str)
         _loads.append({"grid": name, "points": len(judged), "unsettled": int((judged != "True").sum())})
@@ -106,9 +110,10 @@ def scale_text(table: pd.DataFrame) -> str:
             f"{values('width_over_n', lambda ratio: f'{ratio:g}n')}, {values('steps')} steps of {values('batch_size')}")
 
 
-def toy_table(results: Path) -> pd.DataFrame:
-    """FRR(0.8), FRR(0.9) mean and sd over seeds per method of the toy grid, beside the paper's."""
-    table = load_results(results, "toy_baselines")
+def toy_table(results: Path, methods: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """FRR(0.8), FRR(0.9) mean and sd over seeds per method of the toy grid (those of `methods`, or
+    all), beside the paper's."""
+    table = load_results(results, "toy_baselines", methods=methods)
     table = table.assign(label=table.apply(method_label, axis=1))
     summary = table.groupby("label").agg(
         seeds=("seed", "nunique"),

@@ -17,11 +17,11 @@ ONE_THREAD = "--jobs 1 --threads 1"
 
 
 def toy_row(results: Path, label: str) -> Measurement:
-    """Our FRR at both tau for one toy row, judged against the paper's within 5 points (10 for the sd)."""
-    summary = toy_table(results)
+    """Our FRR at both tau for one TopK row of the toy, judged against the paper's within 5 points."""
+    summary = toy_table(results, methods=("topk",))
     row = summary.loc[label]
     paper = TOY_FRR[label]
-    measured = (f"{scale_text(load_results(results, 'toy_baselines'))}, {int(row['seeds'])} seeds: FRR(0.8) = {row['frr_08_mean']:.1%} ± {row['frr_08_sd']:.1%}, "
+    measured = (f"{scale_text(load_results(results, 'toy_baselines', methods=('topk',)))}, {int(row['seeds'])} seeds: FRR(0.8) = {row['frr_08_mean']:.1%} ± {row['frr_08_sd']:.1%}, "
                 f"FRR(0.9) = {row['frr_09_mean']:.1%} ± {row['frr_09_sd']:.1%} (L0 {row['l0']:.1f})")
     close = [abs(ours - theirs) <= 0.05 for ours, theirs in zip((row["frr_08_mean"], row["frr_09_mean"]), paper)]
     verdict = "reproduced" if all(close) else ("partly" if any(close) else "not reproduced")
@@ -29,13 +29,13 @@ def toy_row(results: Path, label: str) -> Measurement:
 
 
 def investigation_note(results: Path) -> str:
-    """What the one-change variants of the toy (toy_investigation grid) did to TopK k = 20 and GBA."""
+    """What the one-change variants of the toy (toy_investigation grid) did to TopK k = 20."""
     try:
-        table = load_results(results, "toy_investigation")
+        table = load_results(results, "toy_investigation", methods=("topk",))
     except MissingTable:
         return ""
-    base = load_results(results, "toy_baselines")
-    base = base[((base["method"] == "topk") & (base["k"] == 20)) | ((base["method"] == "gba") & (base["highest_target"] > base["feature_frequency"]))]
+    base = load_results(results, "toy_baselines", methods=("topk",))
+    base = base[base["k"] == 20]
     steps, width = base["steps"].iloc[0], base["width"].iloc[0]
     change = np.select(
         [~table["tied"].astype(bool), table["steps"] != steps, table["width"] != width],
@@ -45,7 +45,7 @@ def investigation_note(results: Path) -> str:
     )
     rows = pd.concat([base.assign(change="as in the table"), table.assign(change=change)])
     summary = rows.groupby(["method", "change"]).agg(frr8=("frr_0.8", "mean"), frr9=("frr_0.9", "mean"), seeds=("seed", "nunique"))
-    parts = [f"{'TopK k=20' if method == 'topk' else 'GBA full'} {change}: {row['frr8']:.0%} / {row['frr9']:.0%} ({int(row['seeds'])} seed(s))"
+    parts = [f"TopK k=20 {change}: {row['frr8']:.0%} / {row['frr9']:.0%} ({int(row['seeds'])} seed(s))"
              for (method, change), row in summary.iterrows()]
     best = summary.loc[summary["frr8"].idxmax()]
     closes = "brings τ = 0.9 to 90 % or more" if summary["frr9"].max() >= 0.9 else "brings τ = 0.9 near the paper's"

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 import matplotlib.pyplot as plt
+import pandas as pd
 
 FigureFunction = Callable[[Path, Path], Path]
 """(results directory, output directory) -> path of the PNG written."""
@@ -43,6 +44,26 @@ def save_figure(fig, out: Path, name: str) -> Path:
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def unsettled(table: pd.DataFrame) -> pd.Series:
+    """True on the BA/GBA runs that have not settled (`simulations.experiments.grid.convergence.RULE`);
+    other methods' rows carry no verdict and are never marked."""
+    return table["settled"].astype(str).eq("False")
+
+
+def mark_unsettled(ax, table: pd.DataFrame, x: str, y: str) -> None:
+    """A hollow ring around every unsettled run; the legend counts them among the judged runs, so a
+    reader also sees when every run has settled."""
+    rows = table[unsettled(table)]
+    ax.scatter(rows[x], rows[y], s=110, facecolors="none", edgecolors="black", linewidths=1.2, zorder=6,
+               label=f"unsettled run (ring): {len(rows)} of {int(table['settled'].notna().sum())}")
+
+
+def unsettled_counts(table: pd.DataFrame, by: str) -> pd.Series:
+    """How many runs of each `by` value are unsettled, as text for a bar ('2/5 unsettled'; '' for none)."""
+    counts = table.assign(unsettled=unsettled(table)).groupby(by)["unsettled"].agg(["sum", "size"])
+    return counts.apply(lambda row: f"{int(row['sum'])}/{int(row['size'])} unsettled" if row["sum"] else "", axis=1)
 
 
 def load_all() -> dict[str, FigureFunction]:

@@ -8,8 +8,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import NullFormatter
 
-from simulations.reports.plots import figure, save_figure
-from simulations.reports.tables import SWEPT, frontier_table, load_results, scale_text, toy_table
+from simulations.reports.plots import figure, mark_unsettled, save_figure, unsettled_counts
+from simulations.reports.tables import SWEPT, frontier_table, load_results, method_label, scale_text, toy_table
 
 def log_x(ax) -> None:
     """Log x axis with labelled major ticks only (minor labels overlap on short ranges)."""
@@ -20,6 +20,8 @@ def log_x(ax) -> None:
 @figure("toy_baselines")
 def toy_baselines(results: Path, out: Path) -> Path:
     summary = toy_table(results)
+    table = load_results(results, "toy_baselines")
+    labelled = table.assign(label=table.apply(method_label, axis=1))
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
     x = np.arange(len(summary))
     for ax, tau, column in ((axes[0], "0.8", "08"), (axes[1], "0.9", "09")):
@@ -27,11 +29,13 @@ def toy_baselines(results: Path, out: Path) -> Path:
                capsize=3, label=f"ours (mean ± sd, {int(summary['seeds'].min())}+ seeds)")
         ax.bar(x + 0.2, summary[f"paper_frr_{column}"], width=0.4, color="0.7", label="paper (digest §5.2)")
         ax.set_xticks(x, summary.index, rotation=20, fontsize=8)
+        for position, text in enumerate(unsettled_counts(labelled, "label").reindex(summary.index, fill_value="")):
+            ax.text(position - 0.2, 0.02, text, ha="center", va="bottom", rotation=90, fontsize=7)
         ax.set_title(f"FRR(τ = {tau})")
         ax.set_ylim(0, 1.05)
     axes[0].set_ylabel("feature recovery rate")
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"Imbalanced toy: {scale_text(load_results(results, 'toy_baselines'))}")
+    fig.suptitle(f"Imbalanced toy: {scale_text(table)}")
     return save_figure(fig, out, "toy_baselines")
 
 
@@ -51,6 +55,8 @@ def frontier(results: Path, out: Path) -> Path:
             for column, metric in enumerate(("frr_0.9", "fvu")):
                 axes[row][column].scatter(single["l0"], single[metric], marker=marker, s=120, zorder=3,
                                           label=f"{method} untuned (each seed)")
+        for column, metric in enumerate(("frr_0.9", "fvu")):
+            mark_unsettled(axes[row][column], part, "l0", metric)
         profile = "uniform" if decay == 0 else f"Zipf exponent {decay:g}"
         axes[row][0].set_ylabel(f"FRR(0.9), {profile}")
         axes[row][1].set_ylabel(f"FVU, {profile}")
@@ -66,7 +72,7 @@ def frontier(results: Path, out: Path) -> Path:
 def sensitivity(results: Path, out: Path) -> Path:
     baselines = frontier_table(results)
     baselines = baselines[baselines["frequency_decay"] == 0]
-    gba = load_results(results, "gba_sensitivity")
+    gba = load_results(results, "gba_sensitivity").copy()  # a wide CSV reads fragmented
     f = gba["feature_frequency"]
     gba = gba.assign(htf=gba["highest_target"] / f, ltf=gba["lowest_target"] / f)
     fig, axes = plt.subplots(2, 4, figsize=(15, 7), sharey=True)
@@ -88,6 +94,8 @@ def sensitivity(results: Path, out: Path) -> Path:
         summary = part.groupby(column)["frr_0.9"].agg(["mean", "min", "max"])
         ax.errorbar(summary.index, summary["mean"], yerr=[summary["mean"] - summary["min"], summary["max"] - summary["mean"]],
                     marker="o", capsize=3, color="C3")
+        mark_unsettled(ax, part, column, "frr_0.9")
+        ax.legend(fontsize=7)
         log_x(ax)
         ax.set_xlabel(f"GBA: {label}")
     axes[1][3].axis("off")

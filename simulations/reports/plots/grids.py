@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from simulations.reports.paper import HEAVY_BAND
-from simulations.reports.plots import figure, save_figure
+from simulations.reports.plots import figure, mark_unsettled, save_figure, unsettled, unsettled_counts
 from simulations.reports.tables import MissingTable, load_results, scale_text
 from theory.bounds import required_width, simplified_band, stated_band
 
@@ -63,6 +63,9 @@ def resonance_heatmap(results: Path, out: Path) -> Path:
     failing = table[~conditions_hold(table)]
     axes[0].scatter(failing["d"], failing["highest_target_over_f"] * 1.12, marker="x", color="red", s=14,
                     label="H1–H3/V1 fail on the instance")
+    open_cells = table[unsettled(table)].drop_duplicates(["d", "highest_target_over_f"])
+    axes[0].scatter(open_cells["d"], open_cells["highest_target_over_f"], s=160, facecolors="none", edgecolors="white",
+                    linewidths=1.0, label=f"a seed has not settled (ring): {len(open_cells)} of {len(mean.stack())} cells")
     band_lines(axes[0], n, s, ds)
     axes[0].axhspan(*HEAVY_BAND, color="orange", alpha=0.15, label="paper's band 1.7–4.4 f (n = 65,536)")
     axes[0].set_title("FRR(0.9) against the target p")
@@ -70,6 +73,7 @@ def resonance_heatmap(results: Path, out: Path) -> Path:
 
     axes[1].scatter(table["d"], table["matched_frequency_over_f"], c=table["frr_0.9"], cmap="viridis",
                               vmin=0, vmax=1, s=60, edgecolor="k", lw=0.3)
+    mark_unsettled(axes[1], table, "d", "matched_frequency_over_f")
     band_lines(axes[1], n, s, ds)
     axes[1].set_facecolor("0.35")
     axes[1].set_title("the same runs against the realised frequency")
@@ -87,7 +91,7 @@ def resonance_heatmap(results: Path, out: Path) -> Path:
         ax.set_ylim(low, high)
     axes[0].legend(loc="upper center", bbox_to_anchor=(1.1, -0.12), ncol=3, fontsize=8)
     fig.suptitle(f"Resonance: BA at n = {n}, s = {s:g}, width 4n; cells: FRR(0.9); × marks instances where the "
-                 "identifiability conditions fail (theorem silent)", fontsize=10)
+                 "identifiability conditions fail (theorem silent), ○ cells with an unsettled seed", fontsize=10)
     fig.colorbar(mesh, ax=axes, label="FRR(0.9): fraction of features with a neuron at cosine ≥ 0.9")
     return save_figure(fig, out, "resonance_heatmap")
 
@@ -126,6 +130,8 @@ def band_edge(results: Path, out: Path) -> Path:
     axes[1].set_xlabel("realised frequency of each feature's best neuron / f (median; log)")
     mark_outside_theory(axes[0], table, "highest_target_over_f", "frr_0.9")
     mark_outside_theory(axes[1], table, "matched_frequency_over_f", "frr_0.9")
+    mark_unsettled(axes[0], table, "highest_target_over_f", "frr_0.9")
+    mark_unsettled(axes[1], table, "matched_frequency_over_f", "frr_0.9")
     plain_log_ticks(axes[0], table["highest_target_over_f"])
     plain_log_ticks(axes[1], [0.125, 0.25, 0.5, 1, 2, 4])
     for ax in axes:
@@ -149,6 +155,8 @@ def cooccurrence(results: Path, out: Path) -> Path:
         axes[1].scatter(table["H3_value"], table[column], marker=marker[0], label=f"{label} (one run each)")
     mark_outside_theory(axes[0], table, "pair_cooccurrence", "frr_0.9_paired")
     mark_outside_theory(axes[1], table, "H3_value", "frr_0.9_paired")
+    mark_unsettled(axes[0], table, "pair_cooccurrence", "frr_0.9_paired")
+    mark_unsettled(axes[1], table, "H3_value", "frr_0.9_paired")
     for ax, label in ((axes[0], "planted co-occurrence of each pair, #(both) / #(either)"),
                       (axes[1], "measured ρ₂ = max #(i,j) / min(#i,#j) (lower confidence bound)")):
         ax.axvline(n**-0.5, color="red", ls=":", label="n^-1/2 (H3's threshold)")
@@ -173,6 +181,7 @@ def width(results: Path, out: Path) -> Path:
     init = seed_summary(table, "ratio", "frr_init_0.9")
     ax.plot(init["ratio"], init["mean"], "k:", label="random init")
     mark_outside_theory(ax, table, "ratio", "frr_0.9")
+    mark_unsettled(ax, table, "ratio", "frr_0.9")
     needed = required_width(n, float(table["highest_target"].iloc[0]), s) / n
     ax.annotate(f"width condition M ≥ n p^-s needs M/n ≥ {needed:.3g}\n(off this axis)", xy=(0.98, 0.5),
                 xycoords="axes fraction", ha="right", fontsize=8, color="red")
@@ -196,6 +205,9 @@ def convergence(results: Path, out: Path) -> Path:
         color = plt.cm.viridis(np.log2(n / 128) / 3)
         axes[0].plot(run["samples"], run["frr_0.9"], color=color, label=label, alpha=0.8)
         axes[1].plot(run["samples"] * run["feature_frequency"], run["frr_0.9"], color=color, label=label, alpha=0.8)
+    ends = history.groupby("key").last().reset_index().merge(table[["key", "settled"]], on="key")
+    mark_unsettled(axes[0], ends.assign(x=ends["samples"]), "x", "frr_0.9")
+    mark_unsettled(axes[1], ends.assign(x=ends["samples"] * ends["feature_frequency"]), "x", "frr_0.9")
     axes[0].set_xlabel("training samples")
     axes[1].set_xlabel("expected occurrences of each feature (samples × f; log)")
     axes[1].set_xscale("log")
@@ -228,6 +240,8 @@ def imbalanced(results: Path, out: Path) -> Path:
     for position, (variant, count) in enumerate(failing.items()):
         runs = int((table["variant"] == variant).sum())
         ax.text(position, 1.01, f"{count}/{runs} runs\noutside H1–H3/V1" if count else "", ha="center", fontsize=6, color="red")
+    for position, text in enumerate(unsettled_counts(table, "variant").reindex(summary.index, fill_value="")):
+        ax.text(position, 0.02, text, ha="center", fontsize=7, rotation=90, va="bottom")
     ax.set_xticks(x, summary.index, fontsize=8, rotation=15)
     ax.set_ylabel("FRR")
     ax.set_ylim(0, 1.12)
@@ -251,6 +265,7 @@ def gba_uniform(results: Path, out: Path) -> Path:
         l0 = part.groupby("highest_target_over_f")["l0"].mean()
         axes[1].plot(l0.index, l0.to_numpy(), marker="o", label=f"K = {groups}")
     mark_outside_theory(axes[0], table, "highest_target_over_f", "frr_0.9")
+    mark_unsettled(axes[0], table, "highest_target_over_f", "frr_0.9")
     axes[0].set_ylabel("FRR(0.9)")
     axes[0].set_ylim(-0.02, 1.02)
     axes[1].set_ylabel("L0 (active neurons per sample; true s = 3)")
@@ -270,6 +285,7 @@ def gba_uniform(results: Path, out: Path) -> Path:
     for variant, part in widths.groupby("variant"):
         part = part.sort_values("ratio")
         axes[2].plot(part["ratio"], part["frr_0.9"], marker="o", label=variant)
+    mark_unsettled(axes[2], widths, "ratio", "frr_0.9")
     plain_log_ticks(axes[2], widths["ratio"])
     axes[2].set_xlabel("width M / n (log)")
     axes[2].set_ylabel("FRR(0.9)")
@@ -288,6 +304,7 @@ def long_training(results: Path, out: Path) -> Path:
         label = (f"BA p = {first['highest_target_over_f']:.3g}f, d = {first['d']}" if first["method"] == "ba"
                  else f"GBA K = {first['groups']}, HTF {first['highest_target_over_f']:.3g}f, d = {first['d']}")
         ax.plot(run["step"], run["frr_0.9"], marker=".", label=label)
+    mark_unsettled(ax, history.groupby("key").last().reset_index().merge(table[["key", "settled"]], on="key"), "step", "frr_0.9")
     ax.axvline(600, color="k", ls=":", label="600 steps (the other grids)")
     ax.set_xlabel("optimiser step (batch 1024)")
     ax.set_ylabel("FRR(0.9)")
