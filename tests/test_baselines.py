@@ -1,5 +1,6 @@
 """The field's baselines as plug-ins of the one loop: each does what its name says, and each recovers an easy instance."""
 
+import argparse
 import dataclasses
 
 import numpy as np
@@ -7,10 +8,12 @@ import pytest
 import torch
 
 from simulations.commands.gba import main
+from simulations.commands.recover import config_from_args, register
 from simulations.engine.methods import METHODS, BatchTopKConfig, JumpReLUConfig, ReluL1Config, TopKConfig
 from simulations.engine.methods.base import Codes
 from simulations.engine.methods.jumprelu import JumpReLUFunction, StepFunction
 from simulations.experiments.export import sae_tensors
+from simulations.engine.train import TrainConfig
 from simulations.experiments.recover import RecoverConfig, run
 from theory.validation import ConfigError
 
@@ -201,6 +204,20 @@ def test_the_dead_window_follows_the_run_unless_given():
     assert easy("topk", steps=1, batch_size=5).method_config.dead_window == 1
     # Resolved in the recorded config, so a table states the window each run used.
     assert RecoverConfig.from_dict(easy("topk").to_dict()).method_config.dead_window == 25_600
+
+
+def test_topk_and_batchtopk_take_the_fields_learning_rate_unless_given():
+    # sparsify's and dictionary_learning's rule 2e-4 / sqrt(width / 2^14): 1.6e-3 at width 256.
+    assert easy("topk").train.learning_rate == pytest.approx(1.6e-3)
+    assert easy("batchtopk", width=1024).train.learning_rate == pytest.approx(8e-4)
+    assert easy("topk", learning_rate=0.01).train.learning_rate == 0.01
+    assert easy("relu-l1").train.learning_rate == TrainConfig.learning_rate
+    parser = argparse.ArgumentParser()
+    register(parser)
+    args = parser.parse_args(["--method", "batchtopk", "--k", "2", "--width", "256"])
+    assert config_from_args(args, None).train.learning_rate == pytest.approx(1.6e-3)
+    args = parser.parse_args(["--method", "gba", "--width", "256"])
+    assert config_from_args(args, None).train.learning_rate == TrainConfig.learning_rate
 
 
 def test_auxk_fires_in_a_run_of_default_settings():

@@ -20,6 +20,10 @@ from simulations.experiments.recover import RecoverConfig, check_memory, run, sa
 from theory.model import FeatureModel
 from theory.validation import ConfigError
 
+RECOMMENDED_RATES = [name for name, config in METHODS.items() if config.recommended_learning_rate(1) is not None]
+"""Methods whose default learning rate is the field's rule (`MethodConfig.recommended_learning_rate`)."""
+
+
 def register(parser) -> None:
     parser.description = ("Plant n unit-norm features in d dimensions, train a bias-adapted SAE on "
                           "s-sparse non-negative mixtures of them, and report FRR, MCC, L0 and dead fraction.")
@@ -71,7 +75,9 @@ def register(parser) -> None:
     training = parser.add_argument_group("training")
     training.add_argument("--steps", type=int, default=TrainConfig.steps, help="optimiser steps")
     training.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="samples per step")
-    training.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate, help="Adam's learning rate")
+    training.add_argument("--learning-rate", type=float, default=argparse.SUPPRESS,
+                          help=f"Adam's learning rate (default: {TrainConfig.learning_rate:g}, or the field's rule "
+                               f"2e-4 / sqrt(width / 2^14) for {', '.join(RECOMMENDED_RATES)})")
     training.add_argument("--seed", type=int, default=0, help="seed of V, the SAE initialisation and the data")
     training.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when available")
     training.add_argument("--threads", type=int, default=argparse.SUPPRESS, help="torch CPU threads (default: torch's choice)")
@@ -197,7 +203,8 @@ def config_from_args(args, features: np.ndarray | None) -> RecoverConfig:
         method=args.method,
         method_config=method_config,
         train=TrainConfig(
-            steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate, device=args.device
+            steps=args.steps, batch_size=args.batch_size, device=args.device,
+            learning_rate=getattr(args, "learning_rate", METHODS[args.method].recommended_learning_rate(args.width) or TrainConfig.learning_rate),
         ),
         seed=args.seed,
     )

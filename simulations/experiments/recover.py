@@ -86,7 +86,8 @@ class RecoverConfig:
         `TrainConfig` and the method's config class (its `setting_names()`), plus `method`, `seed`
         (the run's seed, also V's unless `feature_seed` is given), `feature_seed` and
         `eval_samples`. `tied` defaults to the method's (`tied_default`: BA/GBA tied as in the paper, the
-        baselines untied as the field trains them). The method's config reads its own keys (`from_settings`): for BA/GBA,
+        baselines untied as the field trains them), and `learning_rate` to the method's recommended
+        rate where it has one (`recommended_learning_rate`: TopK/BatchTopK). The method's config reads its own keys (`from_settings`): for BA/GBA,
         `target_frequency` sets the single target and a frequency may be a multiple of f written
         as a string, e.g. "2f". `width` may be a multiple of n, e.g. "4n", and `d` a multiple of
         sqrt(n), e.g. "2sqrt(n)" (both rounded to the nearest integer, at least 1), so a spec
@@ -111,6 +112,9 @@ class RecoverConfig:
             parts["sae"]["width"] = multiple_setting(parts["sae"]["width"], "width", "n", model.n, "4n", "an integer >= 1", integer=True)
         method_class = METHODS[method]
         parts["sae"].setdefault("tied", method_class.tied_default)
+        rate = method_class.recommended_learning_rate(parts["sae"].get("width", SAEConfig.width))
+        if rate is not None:
+            parts["train"].setdefault("learning_rate", rate)
         method_names = method_class.setting_names()
         method_settings = {key: settings.pop(key) for key in list(settings) if key in method_names}
         method_config = method_class.from_settings(method_settings, model.feature_frequency, method)

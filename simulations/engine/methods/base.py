@@ -43,6 +43,12 @@ class MethodConfig:
     def check(self, method: str, width: int) -> None:
         """Checks that need the method's name or the SAE's width (raise ConfigError); none by default."""
 
+    @classmethod
+    def recommended_learning_rate(cls, width: int) -> float | None:
+        """The learning rate the field trains this method with at `width`, where the field has a rule;
+        None = the loop's default (`TrainConfig.learning_rate`)."""
+        return None
+
     def for_run(self, samples: int) -> "MethodConfig":
         """This config with the settings that scale with the run's length resolved for a run of
         `samples` training samples; the config itself when none does."""

@@ -50,6 +50,11 @@ class TopKConfig(MethodConfig):
     def check(self, method: str, width: int) -> None:
         check_width("k", self.k, width)
 
+    @classmethod
+    def recommended_learning_rate(cls, width: int) -> float:
+        """sparsify's and dictionary_learning's rule for TopK and BatchTopK: 2e-4 / sqrt(width / 2^14)."""
+        return 2e-4 / (width / 2**14) ** 0.5
+
     def for_run(self, samples: int) -> "TopKConfig":
         if self.dead_window is not None:
             return self
