@@ -23,8 +23,9 @@ from theory.validation import ConfigError, check_choice, check_int, check_real
 class TrainConfig:
     """Optimisation settings shared by every method."""
 
-    steps: int = 1000
-    """Optimiser steps."""
+    steps: int = 2000
+    """Optimiser steps (2M samples at the default batch: long enough for the default GBA controller
+    to settle on the small instances `gba recover` is run on)."""
     batch_size: int = 1024
     """Samples per step."""
     learning_rate: float = 3e-3
