@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from theory.bounds import phase_boundary, required_width, simplified_band, stated_band, superposition_regime, theory_columns
+from theory.bounds import opening_dimension, phase_boundary, required_width, simplified_band, stated_band, superposition_regime, theory_columns
 from theory.conditions import check_conditions, check_data, incoherence
 from theory.model import FeatureModel, SyntheticData
 
@@ -62,3 +62,24 @@ def test_stated_band_and_width():
     assert required_width(100, 0.1, 2) == 100 * 0.1**-2
     columns = theory_columns(n=1024, d=64, s=3, p=2 * 3 / 1024, width=4096)
     assert columns["in_simplified_band"] and columns["regime"] == "light"
+
+
+def test_the_opening_dimension_grows_like_log_n_not_root_n():
+    small, large = opening_dimension(1024, 3), opening_dimension(65536, 3)
+    assert 1.5 < large / small < 2.5  # sqrt(n) grows 8-fold over the same range
+    assert large / np.log(65536 / 3) == pytest.approx(2 * 3, rel=0.35)  # ~ 2 s ln(n/s)
+
+
+def test_at_the_opening_dimension_a_features_neuron_fires_as_derived():
+    # Aligned neurons w = v_i at the threshold 1/sqrt(s): about half of the feature's own samples fire,
+    # and the others fire at most as often as f (the derivation's Gaussian tail overstates the
+    # bounded projection of a random unit vector, so measured false firings fall below f).
+    n, s = 4096, 3
+    d = round(opening_dimension(n, s))
+    data = SyntheticData(FeatureModel(n=n, d=d, sparsity=s, seed=0))
+    batch = data.sample(4000, np.random.default_rng(1))
+    x = batch.x / np.linalg.norm(batch.x, axis=1, keepdims=True)
+    fires = x @ data.features.T > 1 / np.sqrt(s)
+    holds = batch.codes.toarray() > 0 if sp.issparse(batch.codes) else batch.codes > 0
+    assert 0.4 < (fires & holds).sum() / holds.sum() < 0.6
+    assert 0.2 < (fires & ~holds).sum() / (~holds).sum() / (s / n) < 1.2

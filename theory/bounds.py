@@ -54,6 +54,22 @@ def superposition_regime(n: int, d: int) -> str:
     return "heavy" if d < phase_boundary(n) else "light"
 
 
+def opening_dimension(n: int, s: float, false_share: float = 1.0) -> float:
+    """Ours, not the paper's: the smallest d at which one neuron can single out one feature by its bias.
+
+    With random unit features, a neuron aligned with v_i sees ~ 1/sqrt(s) on a unit-norm sample that
+    holds i (equal coefficients) and ~ N(0, 1/d) on one that does not. At the threshold 1/sqrt(s),
+    which keeps half of the feature's own samples, the others fire with probability Q(sqrt(d/s)).
+    Demanding at most `false_share` false firings per true one, (1 - f) Q(sqrt(d/s)) <= false_share f
+    with f = s/n, gives d = s Q^-1(false_share f / (1 - f))^2 ~ 2 s ln(n/s): the opening grows like
+    log n, not like sqrt(n). A hypothesis for the grids to test; its constant is not fitted.
+    """
+    from scipy.stats import norm
+
+    f = s / n
+    return float(s * norm.isf(false_share * f / (1 - f)) ** 2)
+
+
 def required_width(n: int, p: float, s: float, epsilon: float = 0.0) -> float:
     """Width condition M ≳ n p^(-s/(1-eps)^2); the sign of the exponent is itself uncertain (digest §4.3)."""
     return n * p ** (-s / (1 - epsilon) ** 2)

@@ -184,7 +184,7 @@ def outside_band(results: Path) -> Measurement:
     verdict = "reproduced" if fails_low and fails_high else ("partly" if fails_low or fails_high else "not reproduced")
     notes = []
     if not fails_low:
-        notes.append("Recovery does not fail at p ≤ f at n = 256. The controller only raises a neuron's threshold "
+        notes.append(f"Recovery does not fail at p ≤ f at n = {int(edge['n'].iloc[0])}. The controller only raises a neuron's threshold "
                      "when it fires more often than p and leaves neurons between ε and p alone, so the neurons that "
                      "carry features fire below their target (realised frequency in claim 6 and the right panel of "
                      "the figure), and targets at or below f still recover.")
