@@ -11,7 +11,7 @@ import pandas as pd
 from simulations.reports.paper import HEAVY_BAND
 from simulations.reports.plots import figure, mark_unsettled, save_figure, unsettled, unsettled_counts
 from simulations.reports.tables import MissingTable, load_results, scale_text
-from theory.bounds import required_width, simplified_band, stated_band
+from theory.bounds import opening_dimension, required_width, simplified_band, stated_band
 
 CONDITIONS = ("H1", "H2", "H3", "V1")
 
@@ -67,6 +67,8 @@ def resonance_heatmap(results: Path, out: Path) -> Path:
     axes[0].scatter(open_cells["d"], open_cells["highest_target_over_f"], s=160, facecolors="none", edgecolors="white",
                     linewidths=1.0, label=f"a seed has not settled (ring): {len(open_cells)} of {len(mean.stack())} cells")
     band_lines(axes[0], n, s, ds)
+    axes[0].axvline(opening_dimension(n, s), color="white", ls="-.", lw=1.5,
+                    label=f"our opening hypothesis d = s Q⁻¹(f)² = {opening_dimension(n, s):.0f} (theory.bounds)")
     axes[0].axhspan(*HEAVY_BAND, color="orange", alpha=0.15, label="paper's band 1.7–4.4 f (n = 65,536)")
     axes[0].set_title("FRR(0.9) against the target p")
     axes[0].set_ylabel("target activation frequency p / f")
