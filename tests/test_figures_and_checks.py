@@ -55,12 +55,12 @@ def test_checks_render_claims_in_order_with_pending_rows_and_notes(tmp_path, reg
     (results / "toy").mkdir(parents=True)
     pd.DataFrame({"frr": [0.5, 1.0]}).to_csv(results / "toy" / "results.csv", index=False)
 
-    @claim("10", "second | claim", paper="100 %", command="gba grid run toy", figure="toy_line")
+    @claim("10", "second | claim", paper="100 %", command="gba grid run toy", rule="partly if FRR < 1", figure="toy_line")
     def second(results):
         frr = load_results(results, "toy")["frr"].mean()
         return Measurement(f"FRR = {frr:.2f}", "partly", note="lower than the paper")
 
-    @claim("2", "first claim", paper="x", command="gba grid run absent")
+    @claim("2", "first claim", paper="x", command="gba grid run absent", rule="any")
     def first(results):
         load_results(results, "absent")
 
@@ -69,6 +69,7 @@ def test_checks_render_claims_in_order_with_pending_rows_and_notes(tmp_path, reg
     rows = [line for line in claims_part.splitlines() if line.startswith("| ") and not line.startswith("| #")]
     assert rows[0].startswith("| 2 |") and "not measured yet" in rows[0] and "absent" in rows[0]
     assert rows[1].startswith("| 10 |") and "FRR = 0.75" in rows[1] and "second \\| claim" in rows[1]
+    assert rows[1].endswith("| partly if FRR < 1 | partly |")  # the rule stands beside its verdict
     assert "**Claim 10.** lower than the paper" in text and "figures/toy_line.png" in text
     with pytest.raises(ValueError, match="verdict"):
         Measurement("x", "sort of")
@@ -81,7 +82,7 @@ def test_a_claim_on_an_unsettled_point_gets_no_verdict_and_no_note(tmp_path, reg
     points = pd.DataFrame({"method": ["ba", "topk"], "frr_0.9": [1.0, 1.0], "settled": [False, None]})
     points.to_csv(results / "grid" / "results.csv", index=False)
 
-    @claim("5", "recovers", paper="100 %", command="gba grid run grid")
+    @claim("5", "recovers", paper="100 %", command="gba grid run grid", rule="reproduced if FRR = 1")
     def recovers(results):
         return Measurement(f"FRR = {load_results(results, 'grid')['frr_0.9'].mean():.2f}", "reproduced", note="why")
 
@@ -97,9 +98,9 @@ def test_a_claim_on_another_methods_rows_keeps_its_verdict(tmp_path, registries)
     (tmp_path / "grid").mkdir()
     points = pd.DataFrame({"method": ["gba", "topk"], "frr_0.9": [0.2, 1.0], "settled": [False, None]})
     points.to_csv(tmp_path / "grid" / "results.csv", index=False)
-    claim("11", "TopK recovers", paper="100 %", command="y")(
+    claim("11", "TopK recovers", paper="100 %", command="y", rule="r")(
         lambda results: Measurement(f"FRR = {load_results(results, 'grid', methods=('topk',))['frr_0.9'].mean():.2f}", "reproduced"))
-    claim("10", "GBA recovers", paper="100 %", command="y")(
+    claim("10", "GBA recovers", paper="100 %", command="y", rule="r")(
         lambda results: Measurement(f"FRR = {load_results(results, 'grid', methods=('gba',))['frr_0.9'].mean():.2f}", "not reproduced"))
     rows = [line for line in render(tmp_path).split("## Claims")[1].splitlines() if line.startswith("| 1")]
     assert rows[0].startswith("| 10 |") and rows[0].endswith(f"| {NO_VERDICT} |") and "FRR = 0.20" in rows[0]
@@ -127,7 +128,7 @@ def test_a_grid_table_without_convergence_columns_is_pending(tmp_path, registrie
     CLAIMS.clear()
     (tmp_path / "grid").mkdir()
     pd.DataFrame({"method": ["ba"], "frr_0.9": [1.0]}).to_csv(tmp_path / "grid" / "results.csv", index=False)
-    claim("5", "recovers", paper="x", command="y")(lambda results: Measurement(str(load_results(results, "grid")), "reproduced"))
+    claim("5", "recovers", paper="x", command="y", rule="r")(lambda results: Measurement(str(load_results(results, "grid")), "reproduced"))
     assert "gba grid settle" in render(tmp_path)
 
 
