@@ -8,6 +8,7 @@ import pytest
 
 from simulations.commands.gba import main
 from simulations.experiments.grid import GridSpec
+from simulations.experiments.grid.runner import processor_name
 from theory.conditions import check_data
 from theory.model import SyntheticData
 
@@ -25,15 +26,17 @@ def test_a_committed_table_matches_its_spec_and_its_instances_conditions(table_p
         f"{table_path} does not hold exactly the points of simulations/specs/{name}.toml. If a config field was added, "
         "pin the value that reproduces the committed runs in the spec's [fixed] table (as sparse_step = false) and "
         "re-key the stored points, or re-run the spec; then `gba grid table`, `gba figures`, `gba checks`.")
-    # Re-measure H1-H3 and V1 on the instance of two points of the table: the stored columns must match.
+    # Re-measure H1-H3 and V1 on the instance of two points of the table: the stored columns must match,
+    # to the last bits on the processor that made the row; another rounds V1's float32 cosines differently.
     for _, row in table.iloc[[0, -1]].iterrows():
         config = points[row["key"]].config
         report = check_data(SyntheticData(config.model), num_samples=spec.conditions_samples, seed=config.seed)
+        same_processor = row["device"] == f"cpu:{processor_name()}"
         for column, value in report.as_columns().items():
             if isinstance(value, (bool, np.bool_)):
                 assert str(row[column]) == str(value), column
             else:
-                assert row[column] == pytest.approx(value, rel=1e-9), column
+                assert row[column] == pytest.approx(value, rel=1e-9 if same_processor else 1e-5), column
 
 
 def test_the_heatmap_instances_break_incoherence_below_root_n_and_keep_it_well_above():
