@@ -89,3 +89,26 @@ def test_geometric_targets_and_groups():
 def test_bad_settings_name_the_setting(settings, name):
     with pytest.raises(ConfigError, match=name):
         BiasAdaptationConfig(**settings)
+
+
+def settled_frequencies(rule: str) -> tuple[np.ndarray, np.ndarray]:
+    """Realised frequency and target of each neuron after 150 windows of a stationary stream y = N(offset, 1) + b."""
+    width, interval = 40, 2000
+    config = BiasAdaptationConfig(highest_target=0.2, lowest_target=0.05, groups=4, update_interval=interval, controller=rule)
+    groups = group_assignment(width, 4)
+    controller = BiasController(config, torch.as_tensor(groups))
+    generator = torch.Generator().manual_seed(0)
+    offsets = -0.8 + 0.15 * torch.rand(width, generator=generator)  # every target reachable with b in [-1, 0]
+    bias = torch.zeros(width)
+    for _ in range(150):
+        controller.observe(torch.randn(interval, width, generator=generator) + offsets + bias, bias)
+    fired = (torch.randn(50_000, width, generator=generator) + offsets + bias > 0).float().mean(dim=0)
+    return fired.numpy(), config.targets()[groups]
+
+
+def test_the_proportional_controller_lands_on_the_targets_and_algorithm_2_below_them():
+    landed, targets = settled_frequencies("proportional")
+    assert np.all(np.abs(landed / targets - 1) <= 0.25), landed / targets
+    capped, _ = settled_frequencies("paper")
+    assert np.all(capped <= 1.25 * targets)  # a ceiling (window noise allows a little above)
+    assert np.median(capped / targets) < np.median(landed / targets) - 0.1

@@ -12,7 +12,7 @@ import torch
 
 from simulations.engine.methods import METHODS
 from simulations.engine.methods.base import field_docs
-from simulations.engine.methods.bias_adaptation import DEFAULT_TARGETS, BiasAdaptationConfig
+from simulations.engine.methods.bias_adaptation import CONTROLLERS, DEFAULT_TARGETS, BiasAdaptationConfig
 from simulations.engine.sae import SAEConfig
 from simulations.engine.train import TrainConfig
 from simulations.experiments.files import check_output_directory
@@ -70,6 +70,9 @@ def register(parser) -> None:
                         help="samples between bias updates (default: max(8192, 20/lowest target))")
     method.add_argument("--activation", dest="activation", choices=["jumprelu", "relu"], default=argparse.SUPPRESS,
                         help=f"BA/GBA gate (default: {BiasAdaptationConfig.activation})")
+    method.add_argument("--controller", dest="controller", choices=CONTROLLERS, default=argparse.SUPPRESS,
+                        help=f"BA/GBA bias-update rule: 'paper' (Algorithm 2) or 'proportional' (lands on the "
+                             f"targets) (default: {BiasAdaptationConfig.controller})")
     add_method_flags(parser.add_argument_group("baseline methods (defaults: the method's config)"))
 
     training = parser.add_argument_group("training")
@@ -92,7 +95,7 @@ def register(parser) -> None:
 
 
 BIAS_ADAPTATION_FLAGS = ("target_frequency", "groups", "highest_target", "lowest_target", "bias_decrease_rate",
-                         "bias_increase_rate", "dead_frequency", "update_interval", "activation")
+                         "bias_increase_rate", "dead_frequency", "update_interval", "activation", "controller")
 """The `dest` of every BA/GBA flag: the settings' own names."""
 
 

@@ -37,6 +37,10 @@ TARGETS_WITHOUT_F = {"groups": 10, "highest_target": 0.1, "lowest_target": 0.001
 K = 10 geometric targets from HTF 0.1 to LTF 0.001 (v1 of the paper; digest §3.5)."""
 
 
+CONTROLLERS = ("paper", "proportional")
+"""The bias-update rules (`BiasAdaptationConfig.controller`)."""
+
+
 @dataclass(frozen=True)
 class BiasAdaptationConfig(MethodConfig):
     """Groups with geometric target frequencies and the bias-update rule (Algorithm 2)."""
@@ -62,6 +66,11 @@ class BiasAdaptationConfig(MethodConfig):
     """'jumprelu': z = w.(x - b_pre) when y > 0 (the bias only gates; the paper's LLM choice), or 'relu': z = max(y, 0)."""
     initial_bias: float = 0.0
     """Starting bias of every neuron, in [-1, 0]."""
+    controller: str = "paper"
+    """'paper': Algorithm 2 as written (a too-frequent neuron's bias drops by gamma_minus r_m, only a dead
+    one's rises), so a neuron may settle anywhere between epsilon and its target. 'proportional': both
+    moves scaled by the relative frequency error e = (q - p) / max(q, p), and a neuron firing below its
+    target (not only a dead one) rises by gamma_plus |e| r_m, so frequencies land on their targets."""
 
     def __post_init__(self):
         check_real("highest_target (p)", self.highest_target, 0.0, 1.0, low_open=True, high_open=True)
@@ -87,6 +96,7 @@ class BiasAdaptationConfig(MethodConfig):
             check_int("update_interval", self.update_interval, 1)
         check_choice("activation", self.activation, ("jumprelu", "relu"))
         check_real("initial_bias", self.initial_bias, -1.0, 0.0)
+        check_choice("controller", self.controller, CONTROLLERS)
 
     @classmethod
     def single(cls, target: float, **settings) -> "BiasAdaptationConfig":
@@ -161,7 +171,8 @@ def group_assignment(width: int, groups: int) -> np.ndarray:
 
 
 class BiasController:
-    """Algorithm 2 on running statistics: O(M) memory, one update every `update_interval` samples."""
+    """Algorithm 2 (or its proportional variant) on running statistics: O(M) memory, one update every
+    `update_interval` samples."""
 
     def __init__(self, config: BiasAdaptationConfig, group_of_neuron: torch.Tensor):
         self.config = config
@@ -212,9 +223,15 @@ class BiasController:
         group_peak = torch.where(active_count > 0, peak_sum / active_count.clamp_min(1), torch.ones_like(peak_sum))
         too_frequent = frequency > self.neuron_targets
         dead = frequency < config.dead_frequency
-        lowered = (bias - config.bias_decrease_rate * peak).clamp_min(-1.0)
         raised = (bias + config.bias_increase_rate * group_peak[self.group_of_neuron]).clamp_max(0.0)
-        bias.copy_(torch.where(too_frequent, lowered, torch.where(dead, raised, bias)))
+        if config.controller == "paper":
+            lowered = (bias - config.bias_decrease_rate * peak).clamp_min(-1.0)
+            bias.copy_(torch.where(too_frequent, lowered, torch.where(dead, raised, bias)))
+        else:
+            error = (frequency - self.neuron_targets) / torch.maximum(frequency, self.neuron_targets)
+            lowered = (bias - config.bias_decrease_rate * error * peak).clamp_min(-1.0)
+            below = torch.where(dead, raised, (bias - config.bias_increase_rate * error * peak).clamp_max(0.0))
+            bias.copy_(torch.where(too_frequent, lowered, below))
         self.positive_counts.zero_()
         self.largest.fill_(-torch.inf)
         self.samples = 0
