@@ -49,7 +49,9 @@ def verify(args) -> int:
             else:
                 failed += 1
                 listed = "; ".join(f"{column} {committed!r} -> {rerun!r}" for column, committed, rerun in result.differences)
-                print(f"{name} {result.key} {result.method}: DIFFERS in {len(result.differences)} columns: {listed}")
+                where = "" if result.exact else (" (the table was made on another processor, whose rounding can move a "
+                                                 "chaotic run by a few features; verify on the row's processor)")
+                print(f"{name} {result.key} {result.method}: DIFFERS in {len(result.differences)} columns: {listed}{where}")
     return 1 if failed else 0
 
 
