@@ -4,6 +4,7 @@ them that claims and figures both use (labelled rows, per-method summaries)."""
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 from typing import Iterator
 
@@ -11,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from simulations.reports.paper import TOY_FRR
+from theory.model import FeatureModel
 from theory.validation import ConfigError
 
 RESULTS = Path("simulations/results")
@@ -132,3 +134,32 @@ def frontier_table(results: Path) -> pd.DataFrame:
     """Frontier grid rows with a label, the swept value and FVU = 1 - explained variance."""
     table = load_results(results, "frontier").copy()  # a wide CSV reads fragmented
     return table.assign(label=table.apply(method_label, axis=1), fvu=1 - table["explained_variance"])
+
+
+ON_TARGET = 0.7
+"""The share of its target a group must reach to count as landing on it (claim 1b, the controller figure)."""
+
+
+def _setting(value):
+    """A model setting as a table stores it: a number, a list written as JSON ('[3, 20]'), or empty."""
+    if pd.isna(value):
+        return None
+    parsed = json.loads(str(value))
+    return tuple(parsed) if isinstance(parsed, list) else parsed
+
+
+def group_settling(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per (GBA run, group): its target, the group's mean realised frequency, their ratio and
+    whether the data can reach the target at all (a target at most the most frequent feature's
+    expected frequency: a neuron can fire that often by firing on part of one feature's samples)."""
+    rows = []
+    for _, run in table[table["method"] == "gba"].iterrows():
+        targets = np.geomspace(run["highest_target"], run["lowest_target"], int(run["groups"]))
+        model = FeatureModel(n=int(run["n"]), d=int(run["d"]), sparsity=_setting(run["sparsity"]),
+                             sparsity_weights=_setting(run["sparsity_weights"]), frequency_decay=float(run["frequency_decay"]))
+        largest = float(model.expected_frequencies().max())
+        for group, target in enumerate(targets):
+            realised = run[f"group{group}_mean_frequency"]
+            rows.append({"key": run["key"], "group": group, "target": target, "target_over_f": target / run["feature_frequency"],
+                         "realised": realised, "ratio": realised / target, "reachable": target <= largest})
+    return pd.DataFrame(rows).merge(table.drop(columns=[c for c in table if c.startswith("group")]), on="key")

@@ -10,7 +10,7 @@ import pandas as pd
 
 from simulations.reports.paper import HEAVY_BAND
 from simulations.reports.plots import figure, mark_unsettled, save_figure, unsettled, unsettled_counts
-from simulations.reports.tables import MissingTable, load_results, scale_text
+from simulations.reports.tables import ON_TARGET, MissingTable, group_settling, load_results, scale_text
 from theory.bounds import opening_dimension, required_width, simplified_band, stated_band
 
 CONDITIONS = ("H1", "H2", "H3", "V1")
@@ -314,3 +314,33 @@ def long_training(results: Path, out: Path) -> Path:
     ax.legend(fontsize=8)
     ax.set_title(f"Longer training of the points still rising at step 600 (n = {int(table['n'].iloc[0])}, width 4n)")
     return save_figure(fig, out, "long_training")
+
+
+@figure("controller")
+def controller(results: Path, out: Path) -> Path:
+    table = load_results(results, "controller")
+    groups = group_settling(table)
+    profiles = sorted(groups["frequency_decay"].unique())
+    fig, axes = plt.subplots(1, len(profiles), figsize=(6.5 * len(profiles), 4.8), sharey=True, squeeze=False)
+    longest = groups["steps"].max()
+    for ax, decay in zip(axes[0], profiles):
+        part = groups[(groups["frequency_decay"] == decay) & (groups["steps"] == longest)]
+        for (rule, gamma), variant in part.groupby(["controller", "bias_decrease_rate"]):
+            curve = variant.groupby("target_over_f")["ratio"].mean()
+            runs = variant.drop_duplicates("key")
+            ax.plot(curve.index, curve.to_numpy(), marker="o" if rule == "paper" else "s", ls="-" if rule == "paper" else "--",
+                    label=f"{rule}, γ = {gamma:g}: FRR(0.9) {runs['frr_0.9'].mean():.2f}, L0 {runs['l0'].mean():.1f}"
+                          f"{f', {int(unsettled(runs).sum())} unsettled' if unsettled(runs).any() else ''}")
+        reachable = part.loc[part["reachable"], "target_over_f"].max()
+        ax.axvspan(part["target_over_f"].min() / 1.2, reachable * 1.05, color="0.9", zorder=0,
+                   label="targets the data can reach (≤ the most frequent feature's frequency)")
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.axhline(ON_TARGET, color="k", lw=0.8, ls=":", label=f"{ON_TARGET:g} of the target (claim 1b)")
+        ax.set_yscale("log")
+        plain_log_ticks(ax, part["target_over_f"])
+        ax.set_xlabel("group target p_k / f (log)")
+        ax.set_title("uniform frequencies" if decay == 0 else f"Zipf exponent {decay:g}")
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("realised frequency / target (group mean over neurons, mean over seeds)")
+    fig.suptitle(f"Where GBA's neurons settle: {scale_text(table[table['steps'] == longest])}, K = 10, 4f → f/4")
+    return save_figure(fig, out, "controller")
