@@ -13,7 +13,7 @@ from simulations.engine.methods import METHODS, BatchTopKConfig, JumpReLUConfig,
 from simulations.engine.methods.base import Codes
 from simulations.engine.methods.jumprelu import JumpReLUFunction, StepFunction
 from simulations.experiments.export import sae_tensors
-from simulations.engine.train import TrainConfig
+from simulations.engine.train import DEFAULT_LEARNING_RATE
 from simulations.experiments.recover import RecoverConfig, run
 from theory.validation import ConfigError
 
@@ -211,13 +211,13 @@ def test_topk_and_batchtopk_take_the_fields_learning_rate_unless_given():
     assert easy("topk").train.learning_rate == pytest.approx(1.6e-3)
     assert easy("batchtopk", width=1024).train.learning_rate == pytest.approx(8e-4)
     assert easy("topk", learning_rate=0.01).train.learning_rate == 0.01
-    assert easy("relu-l1").train.learning_rate == TrainConfig.learning_rate
+    assert easy("relu-l1").train.learning_rate == DEFAULT_LEARNING_RATE
     parser = argparse.ArgumentParser()
     register(parser)
     args = parser.parse_args(["--method", "batchtopk", "--k", "2", "--width", "256"])
     assert config_from_args(args, None).train.learning_rate == pytest.approx(1.6e-3)
     args = parser.parse_args(["--method", "gba", "--width", "256"])
-    assert config_from_args(args, None).train.learning_rate == TrainConfig.learning_rate
+    assert config_from_args(args, None).train.learning_rate == DEFAULT_LEARNING_RATE
 
 
 def test_auxk_fires_in_a_run_of_default_settings():

@@ -14,7 +14,7 @@ from simulations.engine.methods import METHODS
 from simulations.engine.methods.base import field_docs
 from simulations.engine.methods.bias_adaptation import CONTROLLERS, DEFAULT_TARGETS, BiasAdaptationConfig
 from simulations.engine.sae import SAEConfig
-from simulations.engine.train import TrainConfig
+from simulations.engine.train import DEFAULT_LEARNING_RATE, TrainConfig
 from simulations.experiments.files import check_output_directory
 from simulations.experiments.recover import RecoverConfig, check_memory, run, save
 from theory.model import FeatureModel
@@ -79,7 +79,7 @@ def register(parser) -> None:
     training.add_argument("--steps", type=int, default=TrainConfig.steps, help="optimiser steps")
     training.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="samples per step")
     training.add_argument("--learning-rate", type=float, default=argparse.SUPPRESS,
-                          help=f"Adam's learning rate (default: {TrainConfig.learning_rate:g}, or the field's rule "
+                          help=f"Adam's learning rate (default: {DEFAULT_LEARNING_RATE:g}, or the field's rule "
                                f"2e-4 / sqrt(width / 2^14) for {', '.join(RECOMMENDED_RATES)})")
     training.add_argument("--seed", type=int, default=0, help="seed of V, the SAE initialisation and the data")
     training.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when available")
@@ -207,7 +207,7 @@ def config_from_args(args, features: np.ndarray | None) -> RecoverConfig:
         method_config=method_config,
         train=TrainConfig(
             steps=args.steps, batch_size=args.batch_size, device=args.device,
-            learning_rate=getattr(args, "learning_rate", METHODS[args.method].recommended_learning_rate(args.width) or TrainConfig.learning_rate),
+            learning_rate=getattr(args, "learning_rate", None),
         ),
         seed=args.seed,
     )

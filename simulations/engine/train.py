@@ -19,6 +19,10 @@ from theory.metrics import feature_recovery_rate
 from theory.validation import ConfigError, check_choice, check_int, check_real
 
 
+DEFAULT_LEARNING_RATE = 3e-3
+"""The loop's learning rate where neither the setting nor the method gives one."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation settings shared by every method."""
@@ -28,8 +32,10 @@ class TrainConfig:
     to settle on the small instances `gba recover` is run on)."""
     batch_size: int = 1024
     """Samples per step."""
-    learning_rate: float = 3e-3
-    """Adam(W) learning rate for every trained parameter (never the adapted biases)."""
+    learning_rate: float | None = None
+    """Adam(W) learning rate for every trained parameter (never the adapted biases). None = the
+    method's recommended rate where it has one (`MethodConfig.recommended_learning_rate`, resolved by
+    `RecoverConfig`), else DEFAULT_LEARNING_RATE."""
     optimizer: str = "adam"
     """'adam' or 'adamw'."""
     weight_decay: float = 0.0
@@ -50,10 +56,14 @@ class TrainConfig:
     """The sparse step is taken when the previous batch's share of non-zero codes is at most this
     (early training, with biases at 0, is dense and takes the dense step)."""
 
+    def resolved_learning_rate(self) -> float:
+        return DEFAULT_LEARNING_RATE if self.learning_rate is None else self.learning_rate
+
     def __post_init__(self):
         check_int("steps", self.steps, 1)
         check_int("batch_size", self.batch_size, 1)
-        check_real("learning_rate", self.learning_rate, 0.0, 1.0, low_open=True)
+        if self.learning_rate is not None:
+            check_real("learning_rate", self.learning_rate, 0.0, 1.0, low_open=True)
         check_choice("optimizer", self.optimizer, ("adam", "adamw"))
         check_real("weight_decay", self.weight_decay, 0.0)
         check_int("log_every", self.log_every, 1)
@@ -133,9 +143,9 @@ def train(
     """
     parameters = [p for p in list(sae.parameters()) + list(method.parameters()) if p.requires_grad]
     if config.optimizer == "adamw":
-        optimiser = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+        optimiser = torch.optim.AdamW(parameters, lr=config.resolved_learning_rate(), weight_decay=config.weight_decay)
     else:
-        optimiser = torch.optim.Adam(parameters, lr=config.learning_rate)
+        optimiser = torch.optim.Adam(parameters, lr=config.resolved_learning_rate())
     point_methods = [method] if sae.points is None else list(method.methods)
     point_features = [features] if sae.points is None else list(features or [None] * sae.points)
     history = []

@@ -25,7 +25,7 @@ from simulations.engine.methods import METHODS, MethodConfig
 from simulations.engine.methods.base import Method
 from simulations.engine.sae import SAEConfig, SparseAutoencoder
 from simulations.engine.stack import MethodStack
-from simulations.engine.train import TrainConfig, resolve_device, train
+from simulations.engine.train import DEFAULT_LEARNING_RATE, TrainConfig, resolve_device, train
 from simulations.experiments.export import sae_tensors
 from simulations.experiments.files import atomic_path, write_atomically
 from theory.metrics import DENSE_MATCHING_ENTRIES, feature_recovery_rate
@@ -62,6 +62,9 @@ class RecoverConfig:
         if not isinstance(self.method_config, METHODS[self.method]):
             raise ConfigError(f"method_config: method {self.method!r} needs a {METHODS[self.method].__name__}")
         object.__setattr__(self, "method_config", self.method_config.for_run(self.train.steps * self.train.batch_size))
+        if self.train.learning_rate is None:
+            rate = METHODS[self.method].recommended_learning_rate(self.sae.width) or DEFAULT_LEARNING_RATE
+            object.__setattr__(self, "train", dataclasses.replace(self.train, learning_rate=rate))
         self.method_config.check(self.method, self.sae.width)
         check_int("seed", self.seed, 0, MAX_SEED)
         check_int("eval_samples", self.eval_samples, 1)
@@ -112,9 +115,6 @@ class RecoverConfig:
             parts["sae"]["width"] = multiple_setting(parts["sae"]["width"], "width", "n", model.n, "4n", "an integer >= 1", integer=True)
         method_class = METHODS[method]
         parts["sae"].setdefault("tied", method_class.tied_default)
-        rate = method_class.recommended_learning_rate(parts["sae"].get("width", SAEConfig.width))
-        if rate is not None:
-            parts["train"].setdefault("learning_rate", rate)
         method_names = method_class.setting_names()
         method_settings = {key: settings.pop(key) for key in list(settings) if key in method_names}
         method_config = method_class.from_settings(method_settings, model.feature_frequency, method)

@@ -46,7 +46,7 @@ class MethodConfig:
     @classmethod
     def recommended_learning_rate(cls, width: int) -> float | None:
         """The learning rate the field trains this method with at `width`, where the field has a rule;
-        None = the loop's default (`TrainConfig.learning_rate`)."""
+        None = the loop's default (`train.DEFAULT_LEARNING_RATE`)."""
         return None
 
     def for_run(self, samples: int) -> "MethodConfig":
