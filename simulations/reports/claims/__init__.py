@@ -53,8 +53,8 @@ class Claim:
     command: str
     measure: Callable[[Path], Measurement]
     rule: str
-    """How the verdict follows from the measurement, fixed before the data are read (paper_checks.md
-    prints it beside the verdict); its thresholds are the ones the measuring function applies."""
+    """How the verdict follows from the measurement (paper_checks.md prints it beside the verdict); its
+    thresholds are the named constants the measuring function applies."""
     figure: str | None = None
     """Name of the figure (figures/NAME.png) that shows it, if any."""
 
