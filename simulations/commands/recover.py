@@ -16,7 +16,8 @@ from simulations.engine.methods.bias_adaptation import CONTROLLERS, DEFAULT_TARG
 from simulations.engine.sae import SAEConfig
 from simulations.engine.train import DEFAULT_LEARNING_RATE, TrainConfig
 from simulations.experiments.files import check_output_directory
-from simulations.experiments.recover import RecoverConfig, check_memory, run, save
+from simulations.experiments.recover import RecoverConfig, check_memory, run, save, world_settings
+from simulations.experiments.worlds import DEFAULT_WORLD, PLANTED, WORLDS, is_world, parse_data
 from theory.model import FeatureModel
 from theory.validation import ConfigError
 
@@ -28,16 +29,26 @@ def register(parser) -> None:
     parser.description = ("Plant n unit-norm features in d dimensions, train a bias-adapted SAE on "
                           "s-sparse non-negative mixtures of them, and report FRR, MCC, L0 and dead fraction.")
     parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
-    model = parser.add_argument_group("statistical model")
-    model.add_argument("--n", type=int, default=256, help="number of features")
-    model.add_argument("--d", type=int, default=48, help="ambient dimension")
-    model.add_argument("--s", type=int, nargs="+", default=[3], help="features per sample (several values mix)")
-    model.add_argument("--coefficients", choices=["constant", "uniform"], default="constant",
-                       help="each active feature's coefficient: 1, or uniform on --coefficient-range")
-    model.add_argument("--coefficient-range", type=float, nargs=2, default=[0.5, 1.5], metavar=("LOW", "HIGH"),
-                       help="range of uniform coefficients")
-    model.add_argument("--frequency-decay", type=float, default=0.0, help="Zipf exponent of feature frequencies")
-    model.add_argument("--noise-std", type=float, default=0.0, help="standard deviation of Gaussian noise added to each sample")
+    model = parser.add_argument_group("statistical model (the planted model's flags; a world defines its own)")
+    model.add_argument("--data", default=PLANTED, help="'planted' (the paper's model, set by the flags below) or "
+                       f"'synthsaebench[:WORLD]': a SAELens synthetic world, WORLD one of {', '.join(WORLDS)} "
+                       f"(default {DEFAULT_WORLD}) or a saved SyntheticModel directory (needs the saelens extra)")
+    # Absent flags leave the setting to FeatureModel, the one source of its defaults.
+    for flag, name, kind, extra, doc in (
+        ("--n", "n", int, {}, "number of features"),
+        ("--d", "d", int, {}, "ambient dimension"),
+        ("--s", "sparsity", int, {"nargs": "+"}, "features per sample (several values mix)"),
+        ("--coefficients", "coefficients", str, {"choices": ["constant", "uniform"]},
+         "each active feature's coefficient: 1, or uniform on --coefficient-range"),
+        ("--coefficient-range", "coefficient_range", float, {"nargs": 2, "metavar": ("LOW", "HIGH")},
+         "range of uniform coefficients"),
+        ("--frequency-decay", "frequency_decay", float, {}, "Zipf exponent of feature frequencies"),
+        ("--noise-std", "noise_std", float, {}, "standard deviation of Gaussian noise added to each sample"),
+    ):
+        default = getattr(FeatureModel, name)
+        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+        model.add_argument(flag, dest=f"model_{name}", type=kind, default=argparse.SUPPRESS,
+                           help=f"{doc} (default: {shown})", **extra)
     model.add_argument("--features", type=Path, default=argparse.SUPPRESS,
                        help="safetensors file with tensor V (n x d); overrides --n/--d (default: Gaussian V)")
 
@@ -179,19 +190,24 @@ def baseline_settings(args) -> dict:
     return given
 
 
+def model_from_args(args, features: np.ndarray | None) -> tuple[str, FeatureModel]:
+    """The data source and the model of its samples: the planted model from its flags, or a world's n, d and s."""
+    data = parse_data(args.data)
+    settings = {name.removeprefix("model_"): value for name, value in vars(args).items() if name.startswith("model_")}
+    if isinstance(settings.get("sparsity"), list):
+        settings["sparsity"] = settings["sparsity"][0] if len(settings["sparsity"]) == 1 else tuple(settings["sparsity"])
+    if "coefficient_range" in settings:
+        settings["coefficient_range"] = tuple(settings["coefficient_range"])
+    if is_world(data):
+        settings = world_settings(data, settings, args.seed)
+    elif features is not None:
+        settings.update(n=features.shape[0], d=features.shape[1])
+    return data, FeatureModel(**settings, seed=args.seed)
+
+
 def config_from_args(args, features: np.ndarray | None) -> RecoverConfig:
     """Validate every setting and assemble the run's config (raises ConfigError before any work)."""
-    n, d = (features.shape if features is not None else (args.n, args.d))
-    model = FeatureModel(
-        n=n,
-        d=d,
-        sparsity=args.s[0] if len(args.s) == 1 else tuple(args.s),
-        coefficients=args.coefficients,
-        coefficient_range=tuple(args.coefficient_range),
-        frequency_decay=args.frequency_decay,
-        noise_std=args.noise_std,
-        seed=args.seed,
-    )
+    data, model = model_from_args(args, features)
     bias_adaptation = {name: getattr(args, name) for name in BIAS_ADAPTATION_FLAGS if hasattr(args, name)}
     settings = baseline_settings(args)  # refuses another method's flags
     if METHODS[args.method] is BiasAdaptationConfig:
@@ -210,6 +226,7 @@ def config_from_args(args, features: np.ndarray | None) -> RecoverConfig:
             learning_rate=getattr(args, "learning_rate", None),
         ),
         seed=args.seed,
+        data=data,
     )
 
 
@@ -241,8 +258,9 @@ def handle(args) -> int:
 def report(config: RecoverConfig, metrics: dict) -> str:
     """A short human-readable summary of one run."""
     model = config.model
+    source = f"data={config.data} " if is_world(config.data) else ""
     lines = [
-        f"n={model.n} d={model.d} s={model.sparsity} (f={model.feature_frequency:.4g}) width={config.sae.width} "
+        f"{source}n={model.n} d={model.d} s={model.sparsity} (f={model.feature_frequency:.4g}) width={config.sae.width} "
         f"method={config.method} seed={config.seed}",
         f"FRR(0.8)  {metrics['frr_0.8']:.3f}   (random init {metrics['frr_init_0.8']:.3f})",
         f"FRR(0.9)  {metrics['frr_0.9']:.3f}   (random init {metrics['frr_init_0.9']:.3f})",
@@ -255,6 +273,12 @@ def report(config: RecoverConfig, metrics: dict) -> str:
         lines.append(
             f"group {k}: target {group['target_frequency']:.3g}  mean frequency {group['mean_frequency']:.3g}  "
             f"above target {group['fraction_above_target']:.3f}"
+        )
+    if "saelens_mcc" in metrics:
+        lines.append(
+            "SAELens   MCC {saelens_mcc:.3f}  precision {saelens_precision:.3f}  recall {saelens_recall:.3f}  "
+            "F1 {saelens_f1_score:.3f}  EV {saelens_explained_variance:.3f}  L0 {saelens_sae_l0:.2f} "
+            "(true {saelens_true_l0:.2f})".format(**metrics)
         )
     lines.append(f"wall      {metrics['wall_seconds']:.1f} s")
     return "\n".join(lines)

@@ -28,6 +28,7 @@ from simulations.engine.stack import MethodStack
 from simulations.engine.train import DEFAULT_LEARNING_RATE, TrainConfig, resolve_device, train
 from simulations.experiments.export import sae_tensors
 from simulations.experiments.files import atomic_path, write_atomically
+from simulations.experiments.worlds import PLANTED, WorldData, is_world, parse_data, saelens_evaluation, world_summary
 from theory.metrics import DENSE_MATCHING_ENTRIES, feature_recovery_rate
 from theory.model import FeatureModel, SyntheticData
 from theory.validation import MAX_SEED, ConfigError, check_choice, check_int, multiple_setting
@@ -53,9 +54,19 @@ class RecoverConfig:
     """Seed of the SAE initialisation and of the data stream (V has its own, `model.seed`)."""
     eval_samples: int = 16384
     """Fresh samples for the final evaluation (L0, dead fraction, EV, frequencies)."""
+    data: str = PLANTED
+    """Where the samples come from: 'planted' (the paper's model, `model`) or 'synthsaebench[:WORLD]'
+    (a SAELens synthetic world, `simulations.experiments.worlds`; then `model` holds the world's n
+    and d, its seed and its true L0 rounded as s, so that f = s / n)."""
 
     def __post_init__(self):
         check_choice("method", self.method, tuple(METHODS))
+        object.__setattr__(self, "data", parse_data(self.data))
+        if is_world(self.data):
+            world = world_summary(self.data, self.model.seed)
+            if (self.model.n, self.model.d) != (world["n"], world["d"]):
+                raise ConfigError(f"data: the world {self.data!r} has n = {world['n']}, d = {world['d']}; "
+                                  f"the model says n = {self.model.n}, d = {self.model.d}")
         if self.method_config is None:
             default = METHODS[self.method].from_settings({}, self.model.feature_frequency, self.method)
             object.__setattr__(self, "method_config", default)
@@ -70,8 +81,9 @@ class RecoverConfig:
         check_int("eval_samples", self.eval_samples, 1)
 
     def to_dict(self) -> dict:
-        """Every setting, nested by part, JSON-ready."""
-        return {
+        """Every setting, nested by part, JSON-ready ('data' only when it is not the planted model,
+        so that planted runs keep the keys that hash this dict)."""
+        settings = {
             "model": dataclasses.asdict(self.model),
             "sae": dataclasses.asdict(self.sae),
             "method": self.method,
@@ -80,6 +92,9 @@ class RecoverConfig:
             "seed": self.seed,
             "eval_samples": self.eval_samples,
         }
+        if is_world(self.data):
+            settings["data"] = self.data
+        return settings
 
     @classmethod
     def from_settings(cls, settings: dict) -> "RecoverConfig":
@@ -88,7 +103,8 @@ class RecoverConfig:
         Keys are the field names of `FeatureModel` (`s` is short for `sparsity`), `SAEConfig`,
         `TrainConfig` and the method's config class (its `setting_names()`), plus `method`, `seed`
         (the run's seed, also V's unless `feature_seed` is given), `feature_seed` and
-        `eval_samples`. `tied` defaults to the method's (`tied_default`: BA/GBA tied as in the paper, the
+        `eval_samples` and `data` (with a SynthSAEBench world, n, d and s are the world's and the
+        planted model's other settings are refused). `tied` defaults to the method's (`tied_default`: BA/GBA tied as in the paper, the
         baselines untied as the field trains them), and `learning_rate` to the method's recommended
         rate where it has one (`recommended_learning_rate`: TopK/BatchTopK). The method's config reads its own keys (`from_settings`): for BA/GBA,
         `target_frequency` sets the single target and a frequency may be a multiple of f written
@@ -103,6 +119,9 @@ class RecoverConfig:
         method = settings.pop("method", "ba")
         check_choice("method", method, tuple(METHODS))
         seed = settings.pop("seed", 0)
+        data = parse_data(settings.pop("data", PLANTED))
+        if is_world(data):
+            settings = world_settings(data, settings, settings.get("feature_seed", seed))
         parts = {}
         for name, part in (("model", FeatureModel), ("sae", SAEConfig), ("train", TrainConfig)):
             names = {f.name for f in dataclasses.fields(part)} - {"seed"}
@@ -129,6 +148,7 @@ class RecoverConfig:
             train=TrainConfig(**parts["train"]),
             seed=seed,
             eval_samples=eval_samples,
+            data=data,
         )
 
     @classmethod
@@ -143,6 +163,7 @@ class RecoverConfig:
             train=TrainConfig(**settings["train"]),
             seed=settings["seed"],
             eval_samples=settings["eval_samples"],
+            data=settings.get("data", PLANTED),
         )
 
 
@@ -150,12 +171,26 @@ def _tuple(value):
     return tuple(value) if isinstance(value, list) else value
 
 
+def world_settings(data: str, settings: dict, world_seed: int) -> dict:
+    """`settings` with n, d and s set to the world's (built with `world_seed`); a planted-model setting is an error."""
+    planted = {field.name for field in dataclasses.fields(FeatureModel)} - {"n", "d", "sparsity", "seed"}
+    refused = sorted(planted & set(settings))
+    if refused:
+        raise ConfigError(f"{refused[0]}: a setting of the planted model; the world {data!r} defines its own data")
+    world = world_summary(data, world_seed)
+    own = {"n": world["n"], "d": world["d"], "sparsity": max(1, round(world["true_l0"]))}
+    for name, value in own.items():
+        if name in settings and settings[name] != value:
+            raise ConfigError(f"{name}: the world {data!r} has {name} = {value}; leave {name} unset, got {settings[name]!r}")
+    return {**settings, **own}
+
+
 @dataclass
 class RecoverResult:
     """The trained SAE with its data, metrics and training history."""
 
     config: RecoverConfig
-    data: SyntheticData
+    data: SyntheticData | WorldData
     sae: SparseAutoencoder
     method: Method
     metrics: dict
@@ -168,10 +203,19 @@ def torch_batches(data: SyntheticData, batch_size: int, seed: int, device: torch
         yield torch.from_numpy(batch.x).to(device)
 
 
+def make_data(config: RecoverConfig, features: np.ndarray | None = None) -> SyntheticData | WorldData:
+    """The run's data source: the planted model (on `features` if given) or a SynthSAEBench world."""
+    if is_world(config.data):
+        if features is not None:
+            raise ConfigError(f"features: a world ({config.data!r}) has its own features")
+        return WorldData(config.data, config.model.seed)
+    return SyntheticData(config.model, features=features)
+
+
 def prepare(config: RecoverConfig, features: np.ndarray | None = None):
     """The run's data, freshly initialised SAE and method, and the initial decoder rows."""
     device = resolve_device(config.train.device)
-    data = SyntheticData(config.model, features=features)
+    data = make_data(config, features)
     generator = torch.Generator().manual_seed(config.seed)
     sae = SparseAutoencoder(config.sae, config.model.d, generator, device)
     method = config.method_config.build(config.sae.width, device)
@@ -180,12 +224,17 @@ def prepare(config: RecoverConfig, features: np.ndarray | None = None):
 
 
 def finish(config, data, sae, method, initial_decoder, history, started: float) -> RecoverResult:
-    """Evaluate a trained SAE and bundle the run's result (`started`: its perf_counter start)."""
+    """Evaluate a trained SAE and bundle the run's result (`started`: its perf_counter start);
+    on a SynthSAEBench world, SAELens's own ground-truth evaluation is added (`saelens_*`)."""
     metrics = evaluate_run(sae, method, data, config)
     for tau in (0.8, 0.9):
         metrics[f"frr_init_{tau}"] = feature_recovery_rate(data.features, initial_decoder, tau)
+    result = RecoverResult(config, data, sae, method, metrics, history)
+    if is_world(config.data):
+        seed = int(np.random.SeedSequence([config.seed, 4]).generate_state(1)[0])
+        metrics.update(saelens_evaluation(result, config.eval_samples, seed))
     metrics["wall_seconds"] = time.perf_counter() - started
-    return RecoverResult(config, data, sae, method, metrics, history)
+    return result
 
 
 def run(config: RecoverConfig, features: np.ndarray | None = None, progress: bool = False) -> RecoverResult:
@@ -281,11 +330,11 @@ def run_stack(configs: list[RecoverConfig], progress: bool = False) -> list[Reco
     # Points on the same instance and seed (a sweep of targets) read the same stream: sample it once.
     stream_of, streams = {}, []
     for config, (data, _, _, _) in zip(configs, prepared):
-        key = (config.model, config.seed)
+        key = (config.model, config.data, config.seed)
         if key not in stream_of:
             stream_of[key] = len(streams)
             streams.append(torch_batches(data, config.train.batch_size, config.seed, device))
-    order = torch.tensor([stream_of[(config.model, config.seed)] for config in configs], device=device)
+    order = torch.tensor([stream_of[(config.model, config.data, config.seed)] for config in configs], device=device)
     batches = (torch.stack([next(stream) for stream in streams])[order] for _ in itertools.count())
     rows = [[] for _ in configs]
     train(

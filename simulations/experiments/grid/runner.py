@@ -44,7 +44,7 @@ def run_points(points: list[tuple[dict, dict]], conditions_samples: int, threads
     conditions_of: dict = {}  # points on the same instance and seed share their conditions
     records = []
     for (settings, config_dict), config, result in zip(points, configs, results):
-        instance = (config.model, config.seed)
+        instance = (config.model, config.data, config.seed)
         if instance not in conditions_of:
             conditions_of[instance] = check_data(result.data, num_samples=conditions_samples, seed=config.seed).as_columns()
         records.append(point_record(settings, config_dict, config, result, conditions_of[instance], len(configs)))

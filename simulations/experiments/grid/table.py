@@ -31,8 +31,11 @@ def load_records(out: str | Path) -> list[dict]:
 
 
 def flat_config(config: dict) -> dict:
-    """A resolved config as flat columns: the fields of each part by name (the model's seed is `feature_seed`)."""
+    """A resolved config as flat columns: the fields of each part by name (the model's seed is
+    `feature_seed`), and the data source where it is not the planted model."""
     columns = {"method": config["method"], "seed": config["seed"], "eval_samples": config["eval_samples"]}
+    if "data" in config:
+        columns["data"] = config["data"]
     for part in ("model", "sae", "method_config", "train"):
         for name, value in config[part].items():
             columns["feature_seed" if (part, name) == ("model", "seed") else name] = value
