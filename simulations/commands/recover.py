@@ -32,7 +32,7 @@ def register(parser) -> None:
     model = parser.add_argument_group("statistical model (the planted model's flags; a world defines its own)")
     model.add_argument("--data", default=PLANTED, help="'planted' (the paper's model, set by the flags below) or "
                        f"'synthsaebench[:WORLD]': a SAELens synthetic world, WORLD one of {', '.join(WORLDS)} "
-                       f"(default {DEFAULT_WORLD}) or a saved SyntheticModel directory (needs the saelens extra)")
+                       f"({DEFAULT_WORLD} when omitted) or a saved SyntheticModel directory (needs the saelens extra)")
     # Absent flags leave the setting to FeatureModel, the one source of its defaults.
     for flag, name, kind, extra, doc in (
         ("--n", "n", int, {}, "number of features"),
