@@ -57,11 +57,12 @@ def recording_loads() -> Iterator[list[dict]]:
 
 
 def load_results(results: str | Path, name: str, table: str = "results.csv",
-                 methods: tuple[str, ...] | None = None) -> pd.DataFrame:
+                 methods: tuple[str, ...] | None = None, where: dict | None = None) -> pd.DataFrame:
     """The committed table `results/NAME/TABLE`; raises MissingTable naming the command that makes it.
     A grid's results table must carry the convergence columns (`settled`: True/False for BA/GBA points,
-    empty for the others). `methods` keeps only those methods' rows, so that a reader of one method's
-    rows is judged by their settledness alone."""
+    empty for the others). `methods` keeps only those methods' rows, and `where` ({column: value}) only
+    the rows with those values or none (a setting of other methods), so that a reader of some rows is
+    judged by their settledness alone."""
     path = Path(results) / name / table
     if not path.is_file():
         raise MissingTable(f"{path} is missing: run `gba grid run simulations/specs/{name}.toml --out {Path(results) / name}`")
@@ -72,6 +73,8 @@ def load_results(results: str | Path, name: str, table: str = "results.csv",
         raise MissingTable(f"{path} has no convergence columns: run `gba grid settle {path.parent}`")
     if methods is not None:
         frame = frame[frame["method"].isin(methods)].reset_index(drop=True)
+    for column, value in (where or {}).items():
+        frame = frame[frame[column].isna() | frame[column].eq(value)].reset_index(drop=True)
     if _loads is not None:
         judged = frame["settled"].dropna().astype(str)
         _loads.append({"grid": name, "points": len(judged), "unsettled": int((judged != "True").sum())})
@@ -134,6 +137,22 @@ def frontier_table(results: Path) -> pd.DataFrame:
     """Frontier grid rows with a label, the swept value and FVU = 1 - explained variance."""
     table = load_results(results, "frontier").copy()  # a wide CSV reads fragmented
     return table.assign(label=table.apply(method_label, axis=1), fvu=1 - table["explained_variance"])
+
+
+def world_table(results: Path, name: str = "synthsaebench", methods: tuple[str, ...] | None = None,
+                where: dict | None = None) -> pd.DataFrame:
+    """Rows of a SynthSAEBench-world grid (`load_results`'s filters) with a label per configuration:
+    the baselines by their swept value, BA/GBA by targets and controller."""
+    table = load_results(results, name, methods=methods, where=where).copy()  # a wide CSV reads fragmented
+
+    def label(row) -> str:
+        if row["method"] in SWEPT:
+            return method_label(row)
+        targets = (f"p={row['highest_target']:.3g}" if row["method"] == "ba"
+                   else f"{row['highest_target']:.3g}→{row['lowest_target']:.3g}")
+        return f"{row['method'].upper()} {targets} ({row['controller']})"
+
+    return table.assign(label=table.apply(label, axis=1))
 
 
 ON_TARGET = 0.7

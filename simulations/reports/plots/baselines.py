@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib.ticker import NullFormatter
 
 from simulations.reports.plots import figure, mark_unsettled, save_figure, unsettled_counts
-from simulations.reports.tables import SWEPT, frontier_table, load_results, method_label, scale_text, toy_table
+from simulations.reports.tables import SWEPT, frontier_table, load_results, method_label, scale_text, toy_table, world_table
 
 def log_x(ax) -> None:
     """Log x axis with labelled major ticks only (minor labels overlap on short ranges)."""
@@ -105,3 +105,30 @@ def sensitivity(results: Path, out: Path) -> Path:
         row[0].set_ylabel(f"FRR(0.9) (mean, range over {gba['seed'].nunique()} seeds)")
     fig.suptitle(f"Sensitivity: {scale_text(gba)}")
     return save_figure(fig, out, "sensitivity")
+
+
+@figure("synthsaebench")
+def synthsaebench(results: Path, out: Path) -> Path:
+    table = world_table(results)
+    true_l0 = table["saelens_true_l0"].mean()
+    metrics = (("saelens_explained_variance", "explained variance (SAELens)"), ("saelens_mcc", "MCC (SAELens)"),
+               ("saelens_f1_score", "F1 of latents as feature detectors (SAELens)"))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(16, 4.8))
+    for method, sweep in table[table["method"].isin(list(SWEPT))].groupby("method"):
+        means = sweep.groupby(SWEPT[method])[["l0"] + [metric for metric, _ in metrics]].mean().sort_values("l0")
+        for ax, (metric, _) in zip(axes, metrics):
+            ax.plot(means["l0"], means[metric], marker="o", label=f"{method} (sweep of {SWEPT[method]})")
+    adaptive = table[table["method"].isin(["ba", "gba"])]
+    for (label, runs), marker in zip(adaptive.groupby("label"), "*sDP^v<>"):
+        for ax, (metric, _) in zip(axes, metrics):
+            ax.scatter(runs["l0"], runs[metric], marker=marker, s=110, zorder=3, label=f"{label}, each seed")
+    for ax, (metric, name) in zip(axes, metrics):
+        mark_unsettled(ax, table, "l0", metric)
+        ax.axvline(true_l0, color="grey", linestyle=":", label=f"true L0 {true_l0:.1f}")
+        log_x(ax)
+        ax.set_xlabel("L0 (active latents per sample)")
+        ax.set_ylabel(name)
+    axes[0].legend(fontsize=6)
+    fig.suptitle(f"SynthSAEBench-style world ({table['data'].iloc[0]}): {scale_text(table)}; "
+                 f"baselines: mean of {table['seed'].nunique()} seeds per sweep point")
+    return save_figure(fig, out, "synthsaebench")
