@@ -39,8 +39,10 @@ def test_batched_points_equal_separate_runs(sparse_step):
     same_instance = dataclasses.replace(first, method_config=BiasAdaptationConfig.single(4 * first.model.feature_frequency))
     # Stacking is generic over methods: a TopK point trains in the same stack.
     topk = dataclasses.replace(point(3, sparse_step=sparse_step), method="topk", method_config=TopKConfig(k=2, dead_window=2048))
-    configs = [first, same_instance, point(1, s=3, groups=4, sparse_step=sparse_step),
-               point(2, activation="relu", sparse_step=sparse_step), topk]
+    grouped = point(1, s=3, groups=4, sparse_step=sparse_step)
+    calibrated = dataclasses.replace(point(4, groups=4, sparse_step=sparse_step),
+                                     method_config=dataclasses.replace(grouped.method_config, initial_bias="calibrated"))
+    configs = [first, same_instance, grouped, point(2, activation="relu", sparse_step=sparse_step), topk, calibrated]
     together = run_stack(configs)
     for config, batched in zip(configs, together):
         alone = run(config)

@@ -112,3 +112,28 @@ def test_the_proportional_controller_lands_on_the_targets_and_algorithm_2_below_
     capped, _ = settled_frequencies("paper")
     assert np.all(capped <= 1.25 * targets)  # a ceiling (window noise allows a little above)
     assert np.median(capped / targets) < np.median(landed / targets) - 0.1
+
+
+def test_a_calibrated_start_fires_each_neuron_at_its_target_on_the_first_batch():
+    config = BiasAdaptationConfig(highest_target=0.2, lowest_target=0.01, groups=4, initial_bias="calibrated")
+    method = config.build(64)
+    generator = torch.Generator().manual_seed(0)
+    # Neurons whose projections sit mostly below 0 cannot reach their target with b <= 0: they start at 0.
+    projection = torch.randn(4096, 64, generator=generator) * 0.2 + torch.linspace(-0.9, 0.3, 64)
+    method.calibrate(projection)
+    bias = method.bias
+    assert bool(((bias >= -1.0) & (bias <= 0.0)).all())
+    fired = (projection + bias > 0).float().mean(dim=0).numpy()
+    targets = config.targets()[method.groups.numpy()]
+    free = (bias > -1.0).numpy() & (bias < 0.0).numpy()
+    assert free.sum() >= 16 and np.allclose(fired[free], targets[free], atol=2 / 4096)
+    assert np.all(fired[~free & (bias == 0.0).numpy()] <= targets[~free & (bias == 0.0).numpy()])
+    zero_start = BiasAdaptationConfig(highest_target=0.2, lowest_target=0.01, groups=4).build(64)
+    zero_start.calibrate(projection)
+    assert torch.equal(zero_start.bias, torch.zeros(64))
+
+
+@pytest.mark.parametrize("value", ["calibrate", 0.5, -2.0])
+def test_a_bad_initial_bias_names_the_setting(value):
+    with pytest.raises(ConfigError, match="^initial_bias"):
+        BiasAdaptationConfig(initial_bias=value)

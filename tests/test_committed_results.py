@@ -9,8 +9,8 @@ import pytest
 from simulations.commands.gba import main
 from simulations.experiments.grid import GridSpec
 from simulations.experiments.grid.runner import processor_name
+from simulations.experiments.recover import make_data
 from theory.conditions import check_data
-from theory.model import SyntheticData
 
 RESULTS = Path("simulations/results")
 TABLES = sorted(RESULTS.glob("*/results.csv"))
@@ -30,7 +30,7 @@ def test_a_committed_table_matches_its_spec_and_its_instances_conditions(table_p
     # to the last bits on the processor that made the row; another rounds V1's float32 cosines differently.
     for _, row in table.iloc[[0, -1]].iterrows():
         config = points[row["key"]].config
-        report = check_data(SyntheticData(config.model), num_samples=spec.conditions_samples, seed=config.seed)
+        report = check_data(make_data(config), num_samples=spec.conditions_samples, seed=config.seed)
         same_processor = row["device"] == f"cpu:{processor_name()}"
         for column, value in report.as_columns().items():
             if isinstance(value, (bool, np.bool_)):

@@ -202,3 +202,13 @@ def test_the_cli_a_grid_point_and_the_python_api_resolve_to_the_same_defaults(me
         f = point.model.feature_frequency
         assert point.method_config.groups == 10
         assert point.method_config.targets() == pytest.approx(np.geomspace(4 * f, f / 4, 10))
+
+
+def test_a_calibrated_start_trains_sparse_from_the_first_step():
+    short = TrainConfig(steps=3, batch_size=512, device="cpu", log_every=1)
+    zero = dataclasses.replace(easy_config(0), train=short)
+    calibrated = dataclasses.replace(zero, method_config=dataclasses.replace(zero.method_config, initial_bias="calibrated"))
+    first_l0 = [run(config).history["l0"].iloc[0] for config in (zero, calibrated)]
+    target_l0 = zero.sae.width * zero.method_config.targets()[0]
+    assert first_l0[0] > 0.3 * zero.sae.width  # biases at 0: about half the neurons fire
+    assert first_l0[1] <= 1.5 * target_l0, first_l0

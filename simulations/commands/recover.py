@@ -12,7 +12,7 @@ import torch
 
 from simulations.engine.methods import METHODS
 from simulations.engine.methods.base import field_docs
-from simulations.engine.methods.bias_adaptation import CONTROLLERS, DEFAULT_TARGETS, BiasAdaptationConfig
+from simulations.engine.methods.bias_adaptation import CALIBRATED, CONTROLLERS, DEFAULT_TARGETS, BiasAdaptationConfig
 from simulations.engine.sae import SAEConfig
 from simulations.engine.train import DEFAULT_LEARNING_RATE, TrainConfig
 from simulations.experiments.files import check_output_directory
@@ -81,6 +81,10 @@ def register(parser) -> None:
                         help="samples between bias updates (default: max(8192, 20/lowest target))")
     method.add_argument("--activation", dest="activation", choices=["jumprelu", "relu"], default=argparse.SUPPRESS,
                         help=f"BA/GBA gate (default: {BiasAdaptationConfig.activation})")
+    method.add_argument("--initial-bias", dest="initial_bias", type=bias_start, default=argparse.SUPPRESS,
+                        metavar="B|calibrated",
+                        help=f"BA/GBA starting bias: a number in [-1, 0], or 'calibrated' (each neuron fires on its "
+                             f"target's share of the first batch: sparse from the first step) (default: {BiasAdaptationConfig.initial_bias})")
     method.add_argument("--controller", dest="controller", choices=CONTROLLERS, default=argparse.SUPPRESS,
                         help=f"BA/GBA bias-update rule: 'paper' (Algorithm 2) or 'proportional' (lands on the "
                              f"targets) (default: {BiasAdaptationConfig.controller})")
@@ -106,7 +110,7 @@ def register(parser) -> None:
 
 
 BIAS_ADAPTATION_FLAGS = ("target_frequency", "groups", "highest_target", "lowest_target", "bias_decrease_rate",
-                         "bias_increase_rate", "dead_frequency", "update_interval", "activation", "controller")
+                         "bias_increase_rate", "dead_frequency", "update_interval", "activation", "initial_bias", "controller")
 """The `dest` of every BA/GBA flag: the settings' own names."""
 
 
@@ -140,6 +144,14 @@ def baseline_fields() -> dict[str, list[tuple[str, dataclasses.Field, str]]]:
         for field in dataclasses.fields(config_class):
             fields.setdefault(field.name, []).append((name, field, docs.get(field.name, "")))
     return fields
+
+
+def bias_start(text: str) -> float | str:
+    """'calibrated', or a number (its range is checked with the config)."""
+    return text if text == CALIBRATED else float(text)
+
+
+bias_start.__name__ = "B|calibrated"  # argparse names the type in its error
 
 
 def true_or_false(text: str) -> bool:

@@ -57,6 +57,11 @@ class MethodStack(Method):
         return torch.stack([torch.as_tensor(loss, dtype=decoder.dtype, device=decoder.device) for loss in losses])
 
     @torch.no_grad()
+    def calibrate(self, projection: torch.Tensor) -> None:
+        for method, point in zip(self.methods, projection):
+            method.calibrate(point)
+
+    @torch.no_grad()
     def update(self, codes: Codes) -> None:
         for method, point_codes in zip(self.methods, self.split(codes)):
             method.update(point_codes)

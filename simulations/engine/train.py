@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import copy
 import time
 from dataclasses import dataclass
@@ -162,6 +164,12 @@ def train(
         if checkpoint.state is not None:
             start = restore_state(checkpoint.state, sae, method, optimiser, history)
             density = checkpoint.state["density"]
+    if start == 0:
+        # A fresh run shows the method its first batch before training on it (BA's calibrated start).
+        first = next(batches)
+        batches = itertools.chain([first], batches)
+        with torch.no_grad():
+            method.calibrate(sae.project(normalise(first) if config.normalise_inputs else first))
     steps = progress_bar(range(start + 1, config.steps + 1), enabled=progress, desc="training", unit="steps", leave=False)
     for step in steps:
         x = next(batches)

@@ -229,6 +229,11 @@ class Method(nn.Module):
     def update(self, codes: Codes) -> None:
         """Called once per step after the optimiser, with that step's codes in sparse form (detached)."""
 
+    @torch.no_grad()
+    def calibrate(self, projection: torch.Tensor) -> None:
+        """Called once before a fresh run's first step with that step's (batch, width) projections, so a
+        method may set its state from the data (BA's calibrated start). Nothing by default."""
+
     def frequency_targets(self) -> FrequencyTargets | None:
         """Groups and target frequencies, for methods that have them."""
         return None

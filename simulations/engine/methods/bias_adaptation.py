@@ -37,6 +37,9 @@ TARGETS_WITHOUT_F = {"groups": 10, "highest_target": 0.1, "lowest_target": 0.001
 K = 10 geometric targets from HTF 0.1 to LTF 0.001 (v1 of the paper; digest §3.5)."""
 
 
+CALIBRATED = "calibrated"
+"""`initial_bias` that sets each neuron's starting bias from the first batch (`BiasAdaptation.calibrate`)."""
+
 CONTROLLERS = ("paper", "proportional")
 """The bias-update rules (`BiasAdaptationConfig.controller`)."""
 
@@ -64,8 +67,11 @@ class BiasAdaptationConfig(MethodConfig):
     """Samples between bias updates (the buffer size B); None = max(8192, 20 / lowest target)."""
     activation: str = "jumprelu"
     """'jumprelu': z = w.(x - b_pre) when y > 0 (the bias only gates; the paper's LLM choice), or 'relu': z = max(y, 0)."""
-    initial_bias: float = 0.0
-    """Starting bias of every neuron, in [-1, 0]."""
+    initial_bias: float | str = 0.0
+    """Starting bias of every neuron, in [-1, 0] (the paper starts at 0: the first steps are dense until
+    the controller has lowered the biases), or 'calibrated': each neuron starts at the bias that makes
+    it fire on a fraction of the first batch equal to its group's target (minus that quantile of its
+    projections, clamped to [-1, 0]), so training is sparse from the first step."""
     controller: str = "paper"
     """'paper': Algorithm 2 as written (a too-frequent neuron's bias drops by gamma_minus r_m, only a dead
     one's rises), so a neuron may settle anywhere between epsilon and its target. 'proportional': both
@@ -95,7 +101,10 @@ class BiasAdaptationConfig(MethodConfig):
         if self.update_interval is not None:
             check_int("update_interval", self.update_interval, 1)
         check_choice("activation", self.activation, ("jumprelu", "relu"))
-        check_real("initial_bias", self.initial_bias, -1.0, 0.0)
+        if self.initial_bias != CALIBRATED:
+            if isinstance(self.initial_bias, str):
+                raise ConfigError(f"initial_bias: must be a number in [-1, 0] or {CALIBRATED!r}, got {self.initial_bias!r}")
+            check_real("initial_bias", self.initial_bias, -1.0, 0.0)
         check_choice("controller", self.controller, CONTROLLERS)
 
     @classmethod
@@ -259,7 +268,8 @@ class BiasAdaptation(Method):
         super().__init__()
         self.config = config
         groups = torch.as_tensor(group_assignment(width, config.groups), device=device)
-        self.register_buffer("bias", torch.full((width,), float(config.initial_bias), device=device))
+        start = 0.0 if config.initial_bias == CALIBRATED else float(config.initial_bias)
+        self.register_buffer("bias", torch.full((width,), start, device=device))
         self.register_buffer("groups", groups)
         self.controller = BiasController(config, groups)
 
@@ -282,6 +292,18 @@ class BiasAdaptation(Method):
         largest = torch.zeros(width, device=self.bias.device).scatter_reduce_(0, codes.columns, positive, "amax")
         self.controller.record(torch.bincount(codes.columns, minlength=width), largest, codes.batch_size)
         self.controller.update_if_due(self.bias)
+
+    @torch.no_grad()
+    def calibrate(self, projection: torch.Tensor) -> None:
+        if self.config.initial_bias != CALIBRATED:
+            return
+        targets = torch.as_tensor(self.config.targets(), dtype=projection.dtype, device=projection.device)[self.groups]
+        # A neuron fires where projection > -b: -b at the (1 - target) quantile fires on `target` of the batch.
+        rows = projection.shape[0]
+        ranks = ((1.0 - targets) * (rows - 1)).round().long()
+        ordered = projection.float().sort(dim=0).values
+        cutoff = ordered.gather(0, ranks.unsqueeze(0)).squeeze(0)
+        self.bias.copy_((-cutoff).clamp(-1.0, 0.0))
 
     def frequency_targets(self) -> FrequencyTargets:
         targets = torch.as_tensor(self.config.targets(), dtype=torch.float32)

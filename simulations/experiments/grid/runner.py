@@ -76,7 +76,7 @@ def point_record(settings, config_dict, config, result, conditions: dict, stacke
         "device": device_name(result.sae.weight.device),
         "threads": torch.get_num_threads(),
         "versions": library_versions(),
-        "code": code_revision(),
+        "code": LOADED_CODE,
     }
 
 
@@ -153,6 +153,11 @@ def code_revision() -> dict:
         return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--", *source))}
     except (OSError, subprocess.SubprocessError):
         return {"commit": "unknown", "dirty": None}
+
+
+LOADED_CODE = code_revision()
+"""The revision of the code this process imported, read once at import: a commit or an edit made
+while a grid runs is not credited to the points that this process goes on to train."""
 
 
 UNREADABLE = "unreadable"
