@@ -20,7 +20,8 @@ from simulations.reports.claims import render  # noqa: E402
 from simulations.commands.gba import main  # noqa: E402
 from simulations.experiments.export import export_saelens  # noqa: E402
 from simulations.experiments.llm import activations as llm_activations  # noqa: E402
-from simulations.experiments.llm.activations import ActivationConfig, extract, load_model, site_activations, site_module  # noqa: E402
+from simulations.experiments.llm.activations import ActivationConfig, cache_bytes, extract, load_model, site_activations, site_module  # noqa: E402
+from theory.validation import ConfigError  # noqa: E402
 from simulations.experiments.llm.data import load_split  # noqa: E402
 from simulations.experiments.llm.evaluate import encode_in_model_units  # noqa: E402
 from simulations.experiments.llm.pipeline import PipelineConfig, PlannedRun, run_pipeline  # noqa: E402
@@ -78,6 +79,22 @@ def test_extraction_resumes_and_a_rerun_reuses_the_cache(root, monkeypatch):
     assert extract(TINY, root / "cache", progress=False) == folder
 
 
+def test_the_cache_stores_fp16_and_readers_get_fp32(root):
+    from safetensors.torch import load_file
+
+    folder = extract(TINY, root / "cache", progress=False)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    shard = manifest["splits"]["train"]["shards"][0]
+    stored = load_file(str(folder / shard["file"]))["activations"]
+    assert stored.dtype == torch.float16 and shard["bytes"] >= stored.numel() * 2
+    split = load_split(folder, "train")
+    assert split.activations.dtype == torch.float32
+    assert torch.equal(split.activations[: len(stored)], stored.float())
+    assert cache_bytes(folder) >= sum(shard["bytes"] for part in manifest["splits"].values() for shard in part["shards"])
+    with pytest.raises(ConfigError, match="dtype"):
+        ActivationConfig(dtype="bfloat8")
+
+
 def _tiny_plan():
     plan = [PlannedRun("gba", (("groups", 4), ("highest_target", 0.2), ("lowest_target", 0.01)), seed) for seed in range(3)]
     plan.append(PlannedRun("ba", (("target_frequency", 0.05),)))
@@ -98,6 +115,7 @@ def test_tiny_pipeline_writes_every_table(pipeline):
     frontier = pd.read_csv(results / "frontier.csv")
     assert set(frontier["run"]) == {run.name for run in _tiny_plan()}
     assert meta["d"] == 576 and meta["train_tokens"] >= TINY.tokens
+    assert meta["cache_bytes"] >= (meta["train_tokens"] + meta["eval_tokens"]) * 576 * 2  # fp16 activations
     row = frontier.iloc[0]
     assert row["ce_zero"] > row["ce_clean"] > 0  # ablating the MLP output hurts the model
     assert (frontier["kl_sae"] >= 0).all() and (frontier["kl_zero"] > 0).all()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from simulations.experiments.llm.activations import CORPORA, DEFAULT_MODEL, SITES, ActivationConfig, extract
+from simulations.experiments.llm.activations import CORPORA, DEFAULT_MODEL, SITES, STORAGE_DTYPES, ActivationConfig, extract
 from simulations.engine.methods import METHODS
 from simulations.engine.sae import SAEConfig
 from simulations.engine.train import TrainConfig
@@ -35,6 +35,8 @@ def _activation_arguments(parser) -> None:
     group.add_argument("--tokens", type=int, default=ActivationConfig.tokens, help="training tokens to extract")
     group.add_argument("--eval-tokens", type=int, default=ActivationConfig.eval_tokens, help="held-out tokens")
     group.add_argument("--extract-batch", type=int, default=ActivationConfig.batch_size, help="sequences per forward pass")
+    group.add_argument("--cache-dtype", choices=list(STORAGE_DTYPES), default=ActivationConfig.dtype,
+                       help="how the cache stores activations (float16: half the disk)")
     group.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="folder of the model/activation cache and the runs")
     group.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when available")
     group.add_argument("--threads", type=int, default=argparse.SUPPRESS, help="torch CPU threads (default: torch's choice)")
@@ -112,7 +114,7 @@ def _activation_config(args) -> ActivationConfig:
     return ActivationConfig(
         model=args.model, layer=args.layer, site=args.site, corpus=args.corpus, context=args.context,
         drop_first=args.drop_first, tokens=args.tokens, eval_tokens=args.eval_tokens,
-        batch_size=args.extract_batch, device=args.device,
+        batch_size=args.extract_batch, dtype=args.cache_dtype, device=args.device,
     )
 
 

@@ -12,6 +12,7 @@ pass, so neither the later blocks nor the final norm and LM head are computed. T
 The cache is a folder of `shard_NNNNN.safetensors` files (activations and token ids of a fixed
 number of sequences) and a `manifest.json` that lists the finished shards; extraction skips every
 shard the manifest lists, so an interrupted extraction resumes and a re-run re-extracts nothing.
+Activations are stored in fp16 by default (half of fp32's disk; readers get fp32 back).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ DEFAULT_CORPUS = "kjv+pydoc"
 CORPORA = ("kjv+pydoc", "kjv", "pydoc")
 SITES = ("mlp", "residual")
 """'mlp': the output of block `layer`'s MLP (the paper's site); 'residual': the residual stream after block `layer`."""
+STORAGE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+"""How the cache may store activations (`ActivationConfig.dtype`)."""
 CORPUS_SEED = 0
 """Seed of the fixed shuffle of sequences (the same for every model, so splits agree)."""
 
@@ -76,6 +79,9 @@ class ActivationConfig:
     """Sequences per shard file; the unit of resumption."""
     batch_size: int = 16
     """Sequences per forward pass."""
+    dtype: str = "float16"
+    """How the shards store activations: 'float16' (2 bytes a value; the model computes in fp32 and the
+    readers convert back) or 'float32' (exact, twice the disk)."""
     device: str = "auto"
     """'auto', 'cpu' or 'cuda'."""
 
@@ -91,6 +97,7 @@ class ActivationConfig:
         check_int("eval_tokens", self.eval_tokens, 1)
         check_int("sequences_per_shard", self.sequences_per_shard, 1)
         check_int("batch_size", self.batch_size, 1)
+        check_choice("dtype", self.dtype, tuple(STORAGE_DTYPES))
         check_choice("device", self.device, ("auto", "cpu", "cuda"))
 
     @property
@@ -326,10 +333,11 @@ def extract(config: ActivationConfig, cache_root: str | Path, progress: bool = T
     per = config.tokens_per_sequence
     train, held_out = (split.sequences * per for split in reversed(splits))
     rounded = f" (asked for {config.tokens}, rounded up to whole shards of {config.sequences_per_shard} x {per} tokens)" if train != config.tokens else ""
-    print(f"extracting {train} training tokens{rounded} and {held_out} held-out tokens of {config.model} into {folder}", file=sys.stderr)
-    manifest.update(
-        {"model_class": type(model).__name__, "d": int(model.config.hidden_size), "num_layers": len(transformer_blocks(model))}
-    )
+    d = int(model.config.hidden_size)
+    disk = (train + held_out) * d * STORAGE_DTYPES[config.dtype].itemsize
+    print(f"extracting {train} training tokens{rounded} and {held_out} held-out tokens of {config.model} into {folder} "
+          f"({disk / 2**20:.1f} MiB of {config.dtype} activations)", file=sys.stderr)
+    manifest.update({"model_class": type(model).__name__, "d": d, "num_layers": len(transformer_blocks(model))})
     for split in splits:
         done = manifest["splits"].setdefault(split.name, {"shards": []})
         finished = {shard["file"] for shard in done["shards"]}
@@ -343,7 +351,10 @@ def extract(config: ActivationConfig, cache_root: str | Path, progress: bool = T
                 site_activations(model, module, ids[i : i + config.batch_size].to(device))[:, config.drop_first :].cpu()
                 for i in range(0, len(ids), config.batch_size)
             ]
-            activations = torch.cat(chunks).reshape(-1, chunks[0].shape[-1]).contiguous()
+            activations = torch.cat(chunks).reshape(-1, chunks[0].shape[-1]).to(STORAGE_DTYPES[config.dtype]).contiguous()
+            if not torch.isfinite(activations).all():
+                raise ConfigError(f"dtype: {config.model}'s activations overflow {config.dtype} (largest magnitude "
+                                  f"{torch.cat(chunks).abs().max():.3g}); extract with dtype 'float32'")
             (folder / split.name).mkdir(exist_ok=True)
             save_file({"activations": activations, "token_ids": ids.contiguous()}, str(folder / file))
             done["shards"].append(
@@ -351,14 +362,21 @@ def extract(config: ActivationConfig, cache_root: str | Path, progress: bool = T
                     "file": file,
                     "sequences": len(ids),
                     "tokens": activations.shape[0],
-                    "norm_sum": float(activations.norm(dim=1).double().sum()),
+                    "norm_sum": float(activations.double().norm(dim=1).sum()),
+                    "bytes": (folder / file).stat().st_size,
                 }
             )
             write_manifest(folder, manifest)
     for split_manifest in manifest["splits"].values():
         split_manifest["tokens"] = sum(shard["tokens"] for shard in split_manifest["shards"])
     write_manifest(folder, manifest)
+    print(f"cache {folder}: {cache_bytes(folder) / 2**20:.1f} MiB on disk", file=sys.stderr)
     return folder
+
+
+def cache_bytes(folder: Path) -> int:
+    """Disk used by a cache folder's shards (the token sequences and the manifest included)."""
+    return sum(path.stat().st_size for path in Path(folder).rglob("*") if path.is_file())
 
 
 def _cached_sequences(folder: Path, tokenizer, config: ActivationConfig) -> np.ndarray:

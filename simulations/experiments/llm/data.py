@@ -49,7 +49,7 @@ def load_split(folder: str | Path, split: str = "train", max_tokens: int | None 
     activations, token_ids, total = [], [], 0
     for shard in manifest["splits"][split]["shards"]:
         tensors = load_file(str(folder / shard["file"]))
-        activations.append(tensors["activations"])
+        activations.append(tensors["activations"].float())  # shards may store fp16
         token_ids.append(tensors["token_ids"])
         total += shard["tokens"]
         if max_tokens is not None and total >= max_tokens:

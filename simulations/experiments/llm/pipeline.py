@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from simulations.experiments.llm.activations import ActivationConfig, extract, load_model, site_module
+from simulations.experiments.llm.activations import ActivationConfig, cache_bytes, extract, load_model, site_module
 from simulations.experiments.llm.data import load_split
 from simulations.experiments.llm.evaluate import consistency, frequency_histograms, reconstruction_metrics, spliced_losses
 from simulations.engine.methods.bias_adaptation import TARGETS_WITHOUT_F
@@ -137,6 +137,7 @@ def run_pipeline(config: PipelineConfig, plan: list[PlannedRun], root: str | Pat
         "d": manifest["d"],
         "train_tokens": manifest["splits"]["train"]["tokens"],
         "eval_tokens": manifest["splits"]["eval"]["tokens"],
+        "cache_bytes": cache_bytes(folder),
         "width": config.width,
         "train": dataclasses.asdict(config.train),
         "runs": [run.name for run in plan],
