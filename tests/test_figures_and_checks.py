@@ -107,6 +107,26 @@ def test_a_claim_on_another_methods_rows_keeps_its_verdict(tmp_path, registries)
     assert rows[1].startswith("| 11 |") and rows[1].endswith("| reproduced |") and "FRR = 1.00" in rows[1]
 
 
+def test_a_claim_reading_some_configurations_is_judged_by_their_settledness_alone(tmp_path, registries):
+    CLAIMS.clear()
+    (tmp_path / "grid").mkdir()
+    points = pd.DataFrame({"method": ["gba", "gba", "gba", "topk"], "controller": ["paper", "paper", "proportional", None],
+                           "highest_target": [0.1, 4 * (11 / 2048), 0.1, None], "frr_0.9": [0.6, 0.2, 0.9, 1.0],
+                           "settled": [True, True, False, None]})
+    points.to_csv(tmp_path / "grid" / "results.csv", index=False)
+    paper_rows = load_results(tmp_path, "grid", where={"controller": "paper"})
+    assert paper_rows["frr_0.9"].tolist() == [0.6, 0.2, 1.0]  # rows without a controller are kept
+    # numbers are matched to float precision (4f / f need not be exactly 4), a tuple is any of its values
+    assert load_results(tmp_path, "grid", methods=("gba",), where={"highest_target": 0.021484375 * (1 + 1e-12)})["frr_0.9"].tolist() == [0.2]
+    assert len(load_results(tmp_path, "grid", methods=("gba",), where={"highest_target": (0.1, 0.5)})) == 2
+    claim("18", "paper controller", paper="x", command="y", rule="r")(
+        lambda results: Measurement(str(len(load_results(results, "grid", where={"controller": "paper"}))), "reproduced"))
+    claim("19", "every controller", paper="x", command="y", rule="r")(
+        lambda results: Measurement(str(len(load_results(results, "grid", where={"controller": ("paper", "proportional")}))), "reproduced"))
+    rows = [line for line in render(tmp_path).split("## Claims")[1].splitlines() if line.startswith("| 1")]
+    assert rows[0].endswith("| reproduced |") and rows[1].endswith(f"| {NO_VERDICT} |")
+
+
 def test_figures_ring_the_unsettled_runs_and_count_them():
     import matplotlib.pyplot as plt
 

@@ -13,3 +13,7 @@ TOY_FRR = {
 
 HEAVY_BAND = (1.7, 4.4)
 """The heavy-superposition success band in p/f, read off the paper's heatmap at n = 65,536 (digest §5.1)."""
+
+LLM_TARGETS = {"groups": 10, "highest_target": (0.5, 0.1), "lowest_target": 0.001}
+"""GBA's targets on LLM activations, which need no feature frequency: K = 10 groups, HTF 0.5 (ICLR
+version) or 0.1 (v1), LTF 0.001 (digest §3.5)."""

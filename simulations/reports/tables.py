@@ -60,9 +60,9 @@ def load_results(results: str | Path, name: str, table: str = "results.csv",
                  methods: tuple[str, ...] | None = None, where: dict | None = None) -> pd.DataFrame:
     """The committed table `results/NAME/TABLE`; raises MissingTable naming the command that makes it.
     A grid's results table must carry the convergence columns (`settled`: True/False for BA/GBA points,
-    empty for the others). `methods` keeps only those methods' rows, and `where` ({column: value}) only
-    the rows with those values or none (a setting of other methods), so that a reader of some rows is
-    judged by their settledness alone."""
+    empty for the others). `methods` keeps only those methods' rows, and `where` ({column: value or
+    tuple of values}) only the rows with one of those values (numbers compared to float precision) or
+    none (a setting of other methods), so that a reader of some rows is judged by their settledness alone."""
     path = Path(results) / name / table
     if not path.is_file():
         raise MissingTable(f"{path} is missing: run `gba grid run simulations/specs/{name}.toml --out {Path(results) / name}`")
@@ -73,8 +73,14 @@ def load_results(results: str | Path, name: str, table: str = "results.csv",
         raise MissingTable(f"{path} has no convergence columns: run `gba grid settle {path.parent}`")
     if methods is not None:
         frame = frame[frame["method"].isin(methods)].reset_index(drop=True)
-    for column, value in (where or {}).items():
-        frame = frame[frame[column].isna() | frame[column].eq(value)].reset_index(drop=True)
+    for column, values in (where or {}).items():
+        keep = frame[column].isna()
+        for value in values if isinstance(values, tuple) else (values,):
+            if isinstance(value, (int, float)) and pd.api.types.is_numeric_dtype(frame[column]):
+                keep |= np.isclose(frame[column], value)
+            else:
+                keep |= frame[column].eq(value)
+        frame = frame[keep].reset_index(drop=True)
     if _loads is not None:
         judged = frame["settled"].dropna().astype(str)
         _loads.append({"grid": name, "points": len(judged), "unsettled": int((judged != "True").sum())})

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 from matplotlib.ticker import NullFormatter
 
 from simulations.reports.plots import figure, mark_unsettled, save_figure, unsettled_counts
@@ -107,9 +108,9 @@ def sensitivity(results: Path, out: Path) -> Path:
     return save_figure(fig, out, "sensitivity")
 
 
-@figure("synthsaebench")
-def synthsaebench(results: Path, out: Path) -> Path:
-    table = world_table(results)
+def draw_world(table, out: Path, name: str, title: str) -> Path:
+    """SAELens's explained variance, MCC and F1 against L0 on a world: each baseline's sweep (means over
+    seeds), BA/GBA configurations one marker per seed, unsettled runs ringed, the world's true L0 dotted."""
     true_l0 = table["saelens_true_l0"].mean()
     metrics = (("saelens_explained_variance", "explained variance (SAELens)"), ("saelens_mcc", "MCC (SAELens)"),
                ("saelens_f1_score", "F1 of latents as feature detectors (SAELens)"))
@@ -119,16 +120,28 @@ def synthsaebench(results: Path, out: Path) -> Path:
         for ax, (metric, _) in zip(axes, metrics):
             ax.plot(means["l0"], means[metric], marker="o", label=f"{method} (sweep of {SWEPT[method]})")
     adaptive = table[table["method"].isin(["ba", "gba"])]
-    for (label, runs), marker in zip(adaptive.groupby("label"), "*sDP^v<>"):
+    for (label, runs), marker in zip(adaptive.groupby("label"), "*sDP^v<>XdH"):
         for ax, (metric, _) in zip(axes, metrics):
             ax.scatter(runs["l0"], runs[metric], marker=marker, s=110, zorder=3, label=f"{label}, each seed")
-    for ax, (metric, name) in zip(axes, metrics):
+    for ax, (metric, label) in zip(axes, metrics):
         mark_unsettled(ax, table, "l0", metric)
         ax.axvline(true_l0, color="grey", linestyle=":", label=f"true L0 {true_l0:.1f}")
         log_x(ax)
         ax.set_xlabel("L0 (active latents per sample)")
-        ax.set_ylabel(name)
+        ax.set_ylabel(label)
     axes[0].legend(fontsize=6)
-    fig.suptitle(f"SynthSAEBench-style world ({table['data'].iloc[0]}): {scale_text(table)}; "
-                 f"baselines: mean of {table['seed'].nunique()} seeds per sweep point")
-    return save_figure(fig, out, "synthsaebench")
+    fig.suptitle(f"{title} ({table['data'].iloc[0]}): {scale_text(table)}; baselines: mean of "
+                 f"{table['seed'].nunique()} seeds per sweep point", fontsize=10)
+    return save_figure(fig, out, name)
+
+
+@figure("synthsaebench")
+def synthsaebench(results: Path, out: Path) -> Path:
+    table = pd.concat([world_table(results), world_table(results, "synthsaebench_gba")], ignore_index=True)
+    return draw_world(table, out, "synthsaebench", "Six methods on a SynthSAEBench-style world")
+
+
+@figure("synthsaebench_long")
+def synthsaebench_long(results: Path, out: Path) -> Path:
+    return draw_world(world_table(results, "synthsaebench_long"), out, "synthsaebench_long",
+                      "GBA against TopK/BatchTopK, trained 4x longer")
