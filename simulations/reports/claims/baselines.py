@@ -151,6 +151,17 @@ def world_text(label: str, row: pd.Series) -> str:
             f"F1 {row['saelens_f1_score']:.3f}")
 
 
+def topk_at_l0(baselines: pd.DataFrame, l0: float) -> str:
+    """The TopK sweep's SAELens EV and MCC interpolated (in log L0) at `l0`, as text; says so when `l0`
+    lies outside the sweep."""
+    sweep = baselines[baselines["method"] == "topk"].groupby("k")[WORLD_COLUMNS].mean().sort_values("l0")
+    if not sweep["l0"].min() <= l0 <= sweep["l0"].max():
+        return f"TopK at equal L0: outside the sweep (L0 {sweep['l0'].min():g}–{sweep['l0'].max():g})"
+    at = {column: float(np.interp(np.log(l0), np.log(sweep["l0"]), sweep[column]))
+          for column in ("saelens_explained_variance", "saelens_mcc")}
+    return f"TopK at equal L0: EV {at['saelens_explained_variance']:.3f}, MCC {at['saelens_mcc']:.3f}"
+
+
 def best_world_baseline(results: Path) -> tuple[str, pd.Series, float, pd.DataFrame]:
     """The TopK/BatchTopK sweep point of highest mean SAELens MCC on the world, the world's true L0, and the rows."""
     baselines = world_table(results, WORLD_GRID, methods=("topk", "batchtopk"))
@@ -175,7 +186,8 @@ def world_untuned(results: Path) -> Measurement:
     means = gba[WORLD_COLUMNS].mean()
     checks = world_checks(means, best, true_l0)
     measured = (f"{baselines['data'].iloc[0]}, {scale_text(gba)}, {gba['seed'].nunique()} seeds, true L0 {true_l0:.1f}: "
-                f"{world_text('untuned ' + gba['label'].iloc[0], means)}; best baseline {world_text(label, best)}. "
+                f"{world_text('untuned ' + gba['label'].iloc[0], means)} ({topk_at_l0(baselines, means['l0'])}); "
+                f"best baseline {world_text(label, best)}. "
                 + "; ".join(f"{name}: {'yes' if held else 'no'}" for name, held in checks.items()) + ".")
     held = sum(checks.values())
     verdict = "reproduced" if held == len(checks) else ("partly" if held else "not reproduced")
@@ -192,14 +204,15 @@ def world_untuned(results: Path) -> Measurement:
     figure=WORLD_GRID,
 )
 def world_paper_targets(results: Path) -> Measurement:
-    label, best, true_l0, _ = best_world_baseline(results)
+    label, best, true_l0, baselines = best_world_baseline(results)
     gba = world_table(results, WORLD_GRID, methods=("gba",), where={"highest_target": LLM_TARGETS["highest_target"],
                                                                   "lowest_target": LLM_TARGETS["lowest_target"]})
     means = gba.groupby(["controller", "label"])[WORLD_COLUMNS].mean()
     passes = {key: all(world_checks(row, best, true_l0).values()) for key, row in means.iterrows()}
     measured = (f"{scale_text(gba)}, {gba['seed'].nunique()} seeds, true L0 {true_l0:.1f}; best baseline "
                 f"{world_text(label, best)}. " + "; ".join(
-                    f"{world_text(key[1], row)} ({'meets' if passes[key] else 'fails'} 18b's criteria)" for key, row in means.iterrows()) + ".")
+                    f"{world_text(key[1], row)} ({topk_at_l0(baselines, row['l0'])}; {'meets' if passes[key] else 'fails'} "
+                    "18b's criteria)" for key, row in means.iterrows()) + ".")
     paper_rule = any(held for (controller, _), held in passes.items() if controller == "paper")
     verdict = "reproduced" if paper_rule else ("partly" if any(passes.values()) else "not reproduced")
     return Measurement(measured, verdict)
