@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from simulations.engine.methods.base import Projections
 from simulations.engine.methods.bias_adaptation import BiasAdaptationConfig, BiasController, group_assignment
 from theory.validation import ConfigError
 
@@ -120,17 +121,30 @@ def test_a_calibrated_start_fires_each_neuron_at_its_target_on_the_first_batch()
     generator = torch.Generator().manual_seed(0)
     # Neurons whose projections sit mostly below 0 cannot reach their target with b <= 0: they start at 0.
     projection = torch.randn(4096, 64, generator=generator) * 0.2 + torch.linspace(-0.9, 0.3, 64)
-    method.calibrate(projection)
+    share = method.calibrate(Projections.of(projection))
     bias = method.bias
     assert bool(((bias >= -1.0) & (bias <= 0.0)).all())
     fired = (projection + bias > 0).float().mean(dim=0).numpy()
+    assert share == pytest.approx(fired.mean())  # what lets the first step be sparse
     targets = config.targets()[method.groups.numpy()]
     free = (bias > -1.0).numpy() & (bias < 0.0).numpy()
     assert free.sum() >= 16 and np.allclose(fired[free], targets[free], atol=2 / 4096)
     assert np.all(fired[~free & (bias == 0.0).numpy()] <= targets[~free & (bias == 0.0).numpy()])
     zero_start = BiasAdaptationConfig(highest_target=0.2, lowest_target=0.01, groups=4).build(64)
-    zero_start.calibrate(projection)
+    assert zero_start.calibrate(Projections.of(projection)) is None
     assert torch.equal(zero_start.bias, torch.zeros(64))
+
+
+def test_a_calibrated_start_reads_projections_in_blocks_of_neurons():
+    config = BiasAdaptationConfig(highest_target=0.2, lowest_target=0.01, groups=4, initial_bias="calibrated")
+    generator = torch.Generator().manual_seed(1)
+    centred, weight = torch.randn(1000, 16, generator=generator), torch.randn(64, 16, generator=generator) / 4
+    whole, blocked = config.build(64), config.build(64)
+    share = whole.calibrate(Projections.of(centred @ weight.T))
+    lazy = Projections(centred, weight, block_rows=50)  # 50 x 64 elements a block: 3 neurons of 1000 rows
+    assert [start for start, _ in lazy.column_blocks()] == list(range(0, 64, 3))
+    assert blocked.calibrate(lazy) == pytest.approx(share)
+    torch.testing.assert_close(blocked.bias, whole.bias)
 
 
 @pytest.mark.parametrize("value", ["calibrate", 0.5, -2.0])

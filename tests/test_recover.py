@@ -204,11 +204,21 @@ def test_the_cli_a_grid_point_and_the_python_api_resolve_to_the_same_defaults(me
         assert point.method_config.targets() == pytest.approx(np.geomspace(4 * f, f / 4, 10))
 
 
-def test_a_calibrated_start_trains_sparse_from_the_first_step():
+def test_a_calibrated_start_trains_sparse_from_the_first_step(monkeypatch):
     short = TrainConfig(steps=3, batch_size=512, device="cpu", log_every=1)
-    zero = dataclasses.replace(easy_config(0), train=short)
+    # A target below TrainConfig.sparse_max_density (0.05), so the calibrated codes are sparse enough.
+    zero = dataclasses.replace(easy_config(0), train=short, method_config=BiasAdaptationConfig.single(0.02))
     calibrated = dataclasses.replace(zero, method_config=dataclasses.replace(zero.method_config, initial_bias="calibrated"))
     first_l0 = [run(config).history["l0"].iloc[0] for config in (zero, calibrated)]
+    from simulations.engine import train as training
+
+    def no_dense_step(*_args):
+        raise AssertionError("a calibrated start takes no dense step")
+
+    monkeypatch.setattr(training, "dense_forward", no_dense_step)
+    run(calibrated)
+    with pytest.raises(AssertionError, match="no dense step"):
+        run(zero)  # biases at 0: the first step is dense
     target_l0 = zero.sae.width * zero.method_config.targets()[0]
     assert first_l0[0] > 0.3 * zero.sae.width  # biases at 0: about half the neurons fire
     assert first_l0[1] <= 1.5 * target_l0, first_l0

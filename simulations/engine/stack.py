@@ -57,9 +57,9 @@ class MethodStack(Method):
         return torch.stack([torch.as_tensor(loss, dtype=decoder.dtype, device=decoder.device) for loss in losses])
 
     @torch.no_grad()
-    def calibrate(self, projection: torch.Tensor) -> None:
-        for method, point in zip(self.methods, projection):
-            method.calibrate(point)
+    def calibrate(self, projections: StackedProjections) -> float | None:
+        shares = [method.calibrate(point) for method, point in zip(self.methods, projections.points)]
+        return None if None in shares else sum(shares) / len(shares)
 
     @torch.no_grad()
     def update(self, codes: Codes) -> None:

@@ -16,7 +16,7 @@ import torch
 from simulations.engine.methods.base import Method
 from simulations.engine.progress import progress_bar
 from simulations.engine.sae import SparseAutoencoder, normalise
-from simulations.engine.step import dense_forward, sparse_forward
+from simulations.engine.step import block_projections, dense_forward, sparse_forward
 from theory.metrics import feature_recovery_rate
 from theory.validation import ConfigError, check_choice, check_int, check_real
 
@@ -153,7 +153,8 @@ def train(
     history = []
     active_counts = torch.zeros(sae.weight.shape[:-1], device=sae.weight.device)
     window_samples = 0
-    # Codes start dense (biases at 0), so the first step is dense; later ones follow the last density.
+    # Codes start dense (biases at 0), so the first step is dense unless the method calibrates; later
+    # ones follow the last step's density.
     density = 1.0
     started = time.perf_counter()
     method.train()
@@ -165,11 +166,15 @@ def train(
             start = restore_state(checkpoint.state, sae, method, optimiser, history)
             density = checkpoint.state["density"]
     if start == 0:
-        # A fresh run shows the method its first batch before training on it (BA's calibrated start).
+        # A fresh run shows the method its first batch before training on it (BA's calibrated start);
+        # a method that calibrates says how dense that batch's codes are, so the first step may be sparse.
         first = next(batches)
         batches = itertools.chain([first], batches)
         with torch.no_grad():
-            method.calibrate(sae.project(normalise(first) if config.normalise_inputs else first))
+            x = normalise(first) if config.normalise_inputs else first
+            calibrated = method.calibrate(block_projections(sae, x - sae.pre_bias.unsqueeze(-2)))
+        if calibrated is not None:
+            density = calibrated
     steps = progress_bar(range(start + 1, config.steps + 1), enabled=progress, desc="training", unit="steps", leave=False)
     for step in steps:
         x = next(batches)

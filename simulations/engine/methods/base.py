@@ -115,6 +115,16 @@ class Projections:
         for start in range(0, self.batch_size, self._block_rows):
             yield start, self._centred[start : start + self._block_rows] @ weight
 
+    def column_blocks(self) -> Iterator[tuple[int, torch.Tensor]]:
+        """(first neuron, projections of every row onto a block of neurons), in order of neurons, with
+        the same memory bound as `blocks`: for statistics of each neuron over the batch."""
+        if self.matrix is not None:
+            yield 0, self.matrix
+            return
+        columns = max(1, self._block_rows * self.width // self.batch_size)
+        for start in range(0, self.width, columns):
+            yield start, self._centred @ self._weight[start : start + columns].mT
+
 
 @dataclass
 class Entries:
@@ -230,9 +240,12 @@ class Method(nn.Module):
         """Called once per step after the optimiser, with that step's codes in sparse form (detached)."""
 
     @torch.no_grad()
-    def calibrate(self, projection: torch.Tensor) -> None:
-        """Called once before a fresh run's first step with that step's (batch, width) projections, so a
-        method may set its state from the data (BA's calibrated start). Nothing by default."""
+    def calibrate(self, projections: Projections) -> float | None:
+        """Called once before a fresh run's first step with that step's projections (computed only if
+        read), so a method may set its state from the data (BA's calibrated start). Returns the share
+        of that batch's codes that are then active, which lets the first step be sparse, or None
+        (nothing set: the first step is dense)."""
+        return None
 
     def frequency_targets(self) -> FrequencyTargets | None:
         """Groups and target frequencies, for methods that have them."""

@@ -21,7 +21,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from simulations.engine.methods.base import Codes, FrequencyTargets, Method, MethodConfig
+from simulations.engine.methods.base import Codes, FrequencyTargets, Method, MethodConfig, Projections
 from theory.validation import ConfigError, check_choice, check_int, check_real, multiple_setting
 
 
@@ -294,16 +294,20 @@ class BiasAdaptation(Method):
         self.controller.update_if_due(self.bias)
 
     @torch.no_grad()
-    def calibrate(self, projection: torch.Tensor) -> None:
+    def calibrate(self, projections: Projections) -> float | None:
         if self.config.initial_bias != CALIBRATED:
-            return
-        targets = torch.as_tensor(self.config.targets(), dtype=projection.dtype, device=projection.device)[self.groups]
+            return None
+        targets = torch.as_tensor(self.config.targets(), dtype=torch.float32, device=self.bias.device)[self.groups]
         # A neuron fires where projection > -b: -b at the (1 - target) quantile fires on `target` of the batch.
-        rows = projection.shape[0]
+        rows = projections.batch_size
         ranks = ((1.0 - targets) * (rows - 1)).round().long()
-        ordered = projection.float().sort(dim=0).values
-        cutoff = ordered.gather(0, ranks.unsqueeze(0)).squeeze(0)
-        self.bias.copy_((-cutoff).clamp(-1.0, 0.0))
+        active = 0
+        for start, block in projections.column_blocks():
+            neurons = slice(start, start + block.shape[1])
+            cutoff = block.float().sort(dim=0).values.gather(0, ranks[neurons].unsqueeze(0)).squeeze(0)
+            self.bias[neurons] = (-cutoff).clamp(-1.0, 0.0)
+            active += int((block > self.cutoff()[neurons]).sum())
+        return active / (rows * projections.width)
 
     def frequency_targets(self) -> FrequencyTargets:
         targets = torch.as_tensor(self.config.targets(), dtype=torch.float32)
