@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -209,3 +210,13 @@ def test_tabulating_a_grid_with_nothing_finished_is_an_error(tmp_path, capsys):
     assert main(["grid", "table", str(tmp_path / "empty")]) == 2
     assert "has no finished points" in capsys.readouterr().err
     assert spec_path.is_file()
+
+
+def test_a_column_of_numbers_and_words_is_written_to_parquet_as_text(tmp_path):
+    from simulations.experiments.grid.table import write_parquet
+
+    table = pd.DataFrame({"initial_bias": [0.0, "calibrated", None], "frr_0.9": [1.0, 0.9, np.nan]})
+    write_parquet(table, tmp_path / "results.parquet")
+    back = pd.read_parquet(tmp_path / "results.parquet")
+    assert back["initial_bias"].tolist()[:2] == ["0.0", "calibrated"] and pd.isna(back["initial_bias"].iloc[2])
+    assert back["frr_0.9"].tolist()[:2] == [1.0, 0.9]

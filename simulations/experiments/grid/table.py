@@ -103,6 +103,16 @@ def grid_history(out: str | Path) -> pd.DataFrame:
     return histories(load_records(out))
 
 
+def write_parquet(table: pd.DataFrame, path: Path) -> None:
+    """`table` as parquet: a column holding numbers and words (initial_bias 0 or 'calibrated') is
+    stored as text, which parquet needs; the CSV keeps the values as they are."""
+    mixed = [column for column in table.columns if table[column].dtype == object
+             and len({type(value) for value in table[column].dropna()}) > 1]
+    table = table.astype({column: str for column in mixed}).where(table.notna(), None) if mixed else table
+    with atomic_path(path) as partial:
+        table.to_parquet(partial, index=False)
+
+
 def write_table(out: str | Path) -> tuple[Path, Path, Path]:
     """Write `results.csv` (with the convergence columns of `convergence.RULE`), `results.parquet` and
     `history.csv` under `out`."""
@@ -112,9 +122,8 @@ def write_table(out: str | Path) -> tuple[Path, Path, Path]:
     table = _table_of(records, read_manifest(out)["spec"], history_table)
     csv, parquet, history = out / "results.csv", out / "results.parquet", out / "history.csv"
     write_atomically(csv, table.to_csv(index=False))
-    with atomic_path(parquet) as path:
-        table.to_parquet(path, index=False)
     write_atomically(history, history_table.to_csv(index=False))
+    write_parquet(table, parquet)
     return csv, parquet, history
 
 
@@ -128,8 +137,7 @@ def settle_table(directory: str | Path) -> Path:
     history = directory / "history.csv"
     table = convergence_columns(pd.read_csv(csv), pd.read_csv(history) if history.is_file() else None)
     write_atomically(csv, table.to_csv(index=False))
-    with atomic_path(directory / "results.parquet") as path:
-        table.to_parquet(path, index=False)
+    write_parquet(table, directory / "results.parquet")
     return csv
 
 
