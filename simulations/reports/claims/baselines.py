@@ -156,7 +156,7 @@ def topk_at_l0(baselines: pd.DataFrame, l0: float) -> str:
     lies outside the sweep."""
     sweep = baselines[baselines["method"] == "topk"].groupby("k")[WORLD_COLUMNS].mean().sort_values("l0")
     if not sweep["l0"].min() <= l0 <= sweep["l0"].max():
-        return f"TopK at equal L0: outside the sweep (L0 {sweep['l0'].min():g}–{sweep['l0'].max():g})"
+        return f"TopK at equal L0: outside the sweep (L0 {sweep['l0'].min():.3g}–{sweep['l0'].max():.3g})"
     at = {column: float(np.interp(np.log(l0), np.log(sweep["l0"]), sweep[column]))
           for column in ("saelens_explained_variance", "saelens_mcc")}
     return f"TopK at equal L0: EV {at['saelens_explained_variance']:.3f}, MCC {at['saelens_mcc']:.3f}"
