@@ -354,7 +354,7 @@ def extract(config: ActivationConfig, cache_root: str | Path, progress: bool = T
             activations = torch.cat(chunks).reshape(-1, chunks[0].shape[-1]).to(STORAGE_DTYPES[config.dtype]).contiguous()
             if not torch.isfinite(activations).all():
                 raise ConfigError(f"dtype: {config.model}'s activations overflow {config.dtype} (largest magnitude "
-                                  f"{torch.cat(chunks).abs().max():.3g}); extract with dtype 'float32'")
+                                  f"{torch.cat(chunks).abs().max():.3g}); extract with dtype 'float32' (gba llm --cache-dtype float32)")
             (folder / split.name).mkdir(exist_ok=True)
             save_file({"activations": activations, "token_ids": ids.contiguous()}, str(folder / file))
             done["shards"].append(
