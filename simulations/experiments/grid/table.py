@@ -108,7 +108,7 @@ def write_parquet(table: pd.DataFrame, path: Path) -> None:
     stored as text, which parquet needs; the CSV keeps the values as they are."""
     mixed = [column for column in table.columns if table[column].dtype == object
              and len({type(value) for value in table[column].dropna()}) > 1]
-    table = table.astype({column: str for column in mixed}).where(table.notna(), None) if mixed else table
+    table = table.assign(**{column: table[column].map(lambda value: None if pd.isna(value) else str(value)) for column in mixed})
     with atomic_path(path) as partial:
         table.to_parquet(partial, index=False)
 

@@ -205,8 +205,7 @@ def world_untuned(results: Path) -> Measurement:
 )
 def world_paper_targets(results: Path) -> Measurement:
     label, best, true_l0, baselines = best_world_baseline(results)
-    gba = world_table(results, WORLD_GRID, methods=("gba",), where={"highest_target": LLM_TARGETS["highest_target"],
-                                                                  "lowest_target": LLM_TARGETS["lowest_target"]})
+    gba = world_table(results, WORLD_GRID, methods=("gba",), where=LLM_TARGETS)
     means = gba.groupby(["controller", "label"])[WORLD_COLUMNS].mean()
     passes = {key: all(world_checks(row, best, true_l0).values()) for key, row in means.iterrows()}
     measured = (f"{scale_text(gba)}, {gba['seed'].nunique()} seeds, true L0 {true_l0:.1f}; best baseline "
