@@ -129,6 +129,10 @@ def test_a_calibrated_start_fires_each_neuron_at_its_target_on_the_first_batch()
     targets = config.targets()[method.groups.numpy()]
     free = (bias > -1.0).numpy() & (bias < 0.0).numpy()
     assert free.sum() >= 16 and np.allclose(fired[free], targets[free], atol=2 / 4096)
+    # -b is each neuron's projection at ascending rank (1 - target)(rows - 1) of the batch.
+    ranks = np.round((1.0 - targets) * 4095).astype(int)
+    quantiles = np.sort(projection.numpy(), axis=0)[ranks, np.arange(64)]
+    assert np.array_equal(-bias.numpy()[free], quantiles[free])
     assert np.all(fired[~free & (bias == 0.0).numpy()] <= targets[~free & (bias == 0.0).numpy()])
     zero_start = BiasAdaptationConfig(highest_target=0.2, lowest_target=0.01, groups=4).build(64)
     assert zero_start.calibrate(Projections.of(projection)) is None
@@ -142,7 +146,7 @@ def test_a_calibrated_start_reads_projections_in_blocks_of_neurons():
     whole, blocked = config.build(64), config.build(64)
     share = whole.calibrate(Projections.of(centred @ weight.T))
     lazy = Projections(centred, weight, block_rows=50)  # 50 x 64 elements a block: 3 neurons of 1000 rows
-    assert [start for start, _ in lazy.column_blocks()] == list(range(0, 64, 3))
+    assert [start for start, _ in lazy.neuron_blocks()] == list(range(0, 64, 3))
     assert blocked.calibrate(lazy) == pytest.approx(share)
     torch.testing.assert_close(blocked.bias, whole.bias)
 

@@ -6,7 +6,7 @@ import torch
 
 import simulations.engine.step as sparse_step
 import simulations.engine.train as train_module
-from simulations.engine.methods.base import Projections
+from simulations.engine.methods.base import Projections, gather
 from simulations.engine.methods.batchtopk import BatchTopKConfig
 from simulations.engine.methods.bias_adaptation import BiasAdaptationConfig
 from simulations.engine.methods.jumprelu import JumpReLUConfig
@@ -208,15 +208,18 @@ def test_jumprelu_sparse_step_gradients_equal_the_dense_step(target_l0, threshol
 
 
 def count_rounds(monkeypatch) -> list:
-    """Records each pass of the sparse step over its blocks of projections."""
-    rounds, blocks = [], Projections.blocks
+    """Records each pass of the sparse step over its blocks of projections (of rows or of neurons)."""
+    rounds = []
 
-    def counted(projections):
-        if projections.matrix is None:  # computed block by block: the sparse step's
-            rounds.append(1)
-        return blocks(projections)
+    def counting(read):
+        def counted(projections):
+            if projections.matrix is None:  # computed block by block: the sparse step's
+                rounds.append(1)
+            return read(projections)
+        return counted
 
-    monkeypatch.setattr(Projections, "blocks", counted)
+    for name in ("blocks", "neuron_blocks"):
+        monkeypatch.setattr(Projections, name, counting(getattr(Projections, name)))
     return rounds
 
 
@@ -254,3 +257,17 @@ def test_batchtopk_sparse_step_keeps_every_positive_code_when_fewer_than_kb(monk
     dense, *_ = compare_steps(BatchTopKConfig(k=7, dead_window=10**9), few_positive, monkeypatch)
     assert len(rounds) == 2  # floor 0.18 left too few candidates
     assert 0 < int(dense.neuron_counts.sum()) < 7 * BATCH
+
+
+@pytest.mark.parametrize("shifted", [False, True])
+def test_gather_by_blocks_of_neurons_finds_the_entries_of_the_whole_matrix_in_row_major_order(shifted):
+    generator = torch.Generator().manual_seed(3)
+    centred, weight = torch.randn(BATCH, D, generator=generator), torch.randn(WIDTH, D, generator=generator) / 3
+    cutoff, shift = 3.0 + torch.rand(WIDTH, generator=generator), (torch.rand(WIDTH, generator=generator) if shifted else None)
+    lazy = Projections(centred, weight, block_rows=50)  # several blocks: read as 50 x 384 / 300 = 64 neurons a block
+    assert not lazy.in_one_block and len(list(lazy.neuron_blocks())) == 6
+    whole = gather(Projections.of(centred @ weight.T), cutoff, shift)
+    blocked = gather(lazy, cutoff, shift)
+    assert 0 < len(whole) < 0.1 * BATCH * WIDTH
+    assert torch.equal(blocked.rows, whole.rows) and torch.equal(blocked.columns, whole.columns)
+    torch.testing.assert_close(blocked.projections, whole.projections)

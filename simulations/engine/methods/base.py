@@ -22,7 +22,7 @@ import ast
 import dataclasses
 import inspect
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Iterator
+from typing import ClassVar, Iterator
 
 import torch
 from torch import nn
@@ -106,24 +106,49 @@ class Projections:
         projections.matrix = projection
         return projections
 
+    @property
+    def in_one_block(self) -> bool:
+        """Whether the whole batch is one block of rows (or the matrix is already held)."""
+        return self.matrix is not None or self.batch_size <= self._block_rows
+
+    @property
+    def device(self) -> torch.device:
+        return (self.matrix if self.matrix is not None else self._centred).device
+
     def blocks(self) -> Iterator[tuple[int, torch.Tensor]]:
         """(first row, projections of a block of rows), in order of rows."""
         if self.matrix is not None:
             yield 0, self.matrix
             return
         weight = self._weight.mT
+        block = None
         for start in range(0, self.batch_size, self._block_rows):
-            yield start, self._centred[start : start + self._block_rows] @ weight
+            rows = self._centred[start : start + self._block_rows]
+            block = _product(rows, weight, block)
+            yield start, block
 
-    def column_blocks(self) -> Iterator[tuple[int, torch.Tensor]]:
-        """(first neuron, projections of every row onto a block of neurons), in order of neurons, with
-        the same memory bound as `blocks`: for statistics of each neuron over the batch."""
+    def neuron_blocks(self) -> Iterator[tuple[int, torch.Tensor]]:
+        """(first neuron, a block of neurons' projections of every row, as a (neurons, rows) matrix),
+        in order of neurons, with the same memory bound as `blocks`: for statistics of each neuron
+        over the batch, read along the contiguous last axis."""
         if self.matrix is not None:
-            yield 0, self.matrix
+            yield 0, self.matrix.mT
             return
-        columns = max(1, self._block_rows * self.width // self.batch_size)
-        for start in range(0, self.width, columns):
-            yield start, self._centred @ self._weight[start : start + columns].mT
+        neurons = max(1, self._block_rows * self.width // self.batch_size)
+        block = None
+        for start in range(0, self.width, neurons):
+            block = _product(self._weight[start : start + neurons], self._centred.mT, block)
+            yield start, block
+
+
+def _product(left: torch.Tensor, right: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
+    """left @ right, written into the previous block's memory when the shapes agree: a fresh
+    (rows, width) output each block costs as much as a third of the matmul in page faults. The
+    caller has consumed the previous block (every method copies the entries it keeps)."""
+    if previous is None or previous.shape != (left.shape[0], right.shape[1]):
+        return left @ right
+    # The output's dtype is the first product's (bf16 under autocast, which does not cast out= calls).
+    return torch.matmul(left.to(previous.dtype), right.to(previous.dtype), out=previous)
 
 
 @dataclass
@@ -150,13 +175,30 @@ class Entries:
         return mask.index_put_((self.rows, self.columns), torch.ones((), dtype=torch.bool, device=mask.device))
 
 
-def gather(projections: Projections, keep: Callable[[torch.Tensor], torch.Tensor]) -> Entries:
-    """The entries of every block of `projections` where `keep(block)` is true: one pass over the blocks."""
+def gather(projections: Projections, cutoff: torch.Tensor, shift: torch.Tensor | None = None) -> Entries:
+    """The entries whose projection (plus `shift`) exceeds `cutoff`, in row-major order: one pass.
+
+    `cutoff` and `shift` are per neuron (a scalar cutoff applies to every neuron). A batch that
+    needs several blocks is read by blocks of neurons, each a (neurons, batch) product: for a
+    wide SAE, blocks of a few rows are slow matmuls, and the entries are few enough to sort.
+    """
+    cutoff = torch.as_tensor(cutoff, device=projections.device).expand(projections.width)
+    if projections.in_one_block:
+        parts = []
+        for start, block in projections.blocks():
+            values = block if shift is None else block + shift
+            rows, columns = (values > cutoff).nonzero(as_tuple=True)
+            parts.append((rows + start, columns, block[rows, columns]))
+        return Entries(*(torch.cat(part) for part in zip(*parts)))
     parts = []
-    for start, block in projections.blocks():
-        rows, columns = keep(block).nonzero(as_tuple=True)
-        parts.append((rows + start, columns, block[rows, columns]))
-    return Entries(*(torch.cat(part) for part in zip(*parts)))
+    for start, block in projections.neuron_blocks():
+        neurons = slice(start, start + block.shape[0])
+        values = block if shift is None else block + shift[neurons].unsqueeze(1)
+        local, rows = (values > cutoff[neurons].unsqueeze(1)).nonzero(as_tuple=True)
+        parts.append((rows, local + start, block[local, rows]))
+    rows, columns, values = (torch.cat(part) for part in zip(*parts))
+    order = torch.argsort(rows * projections.width + columns)
+    return Entries(rows[order], columns[order], values[order])
 
 
 @dataclass
@@ -223,8 +265,7 @@ class Method(nn.Module):
     def support(self, projections: Projections) -> Entries:
         """Every entry whose code or gradient can be non-zero: the non-zero codes, plus any zero
         code a straight-through gradient reaches. Default: the projections above `cutoff`."""
-        cutoff = self.cutoff()
-        return gather(projections, lambda block: block > cutoff)
+        return gather(projections, self.cutoff())
 
     def code_values(self, projection_values: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
         """The codes at entries of the support, with gradients, from their projections and neurons."""

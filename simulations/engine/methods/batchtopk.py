@@ -60,12 +60,12 @@ class BatchTopK(TopK):
     @torch.no_grad()
     def support(self, projections: Projections) -> Entries:
         if not self.training:
-            return gather(projections, lambda block: block + self.bias > self.threshold)
+            return gather(projections, self.threshold, shift=self.bias)
         budget = min(round(self.config.k * projections.batch_size), projections.batch_size * projections.width)
         floor = self.FLOOR_SHARE * self._last_smallest
-        entries = gather(projections, lambda block: block > floor - self.bias)
+        entries = gather(projections, floor - self.bias)
         if len(entries) < budget and floor > 0:
-            entries = gather(projections, lambda block: block > -self.bias)
+            entries = gather(projections, -self.bias)
         activation = entries.projections + self.bias[entries.columns]
         keep = activation > 0
         if activation.numel() > budget:

@@ -300,13 +300,17 @@ class BiasAdaptation(Method):
         targets = torch.as_tensor(self.config.targets(), dtype=torch.float32, device=self.bias.device)[self.groups]
         # A neuron fires where projection > -b: -b at the (1 - target) quantile fires on `target` of the batch.
         rows = projections.batch_size
-        ranks = ((1.0 - targets) * (rows - 1)).round().long()
+        # The value at ascending rank (1 - target)(rows - 1) is the one at descending rank `from_top`:
+        # a partial top-k of a few rows instead of a sort of all of them.
+        from_top = (rows - 1) - ((1.0 - targets) * (rows - 1)).round().long()
         active = 0
-        for start, block in projections.column_blocks():
-            neurons = slice(start, start + block.shape[1])
-            cutoff = block.float().sort(dim=0).values.gather(0, ranks[neurons].unsqueeze(0)).squeeze(0)
+        for start, block in projections.neuron_blocks():
+            neurons = slice(start, start + block.shape[0])
+            depth = from_top[neurons]
+            largest = block.float().topk(int(depth.max()) + 1, dim=1).values
+            cutoff = largest.gather(1, depth.unsqueeze(1)).squeeze(1)
             self.bias[neurons] = (-cutoff).clamp(-1.0, 0.0)
-            active += int((block > self.cutoff()[neurons]).sum())
+            active += int(torch.count_nonzero(block > self.cutoff()[neurons].unsqueeze(1)))
         return active / (rows * projections.width)
 
     def frequency_targets(self) -> FrequencyTargets:
