@@ -4,11 +4,14 @@ import argparse
 import dataclasses
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from simulations.commands.gba import main
 from simulations.commands.recover import config_from_args, register
+import simulations.engine.step as step_module
+from simulations.engine.evaluate import evaluate
 from simulations.engine.methods import METHODS, BatchTopKConfig, JumpReLUConfig, ReluL1Config, TopKConfig
 from simulations.engine.methods.base import Codes
 from simulations.engine.methods.jumprelu import JumpReLUFunction, StepFunction
@@ -180,6 +183,22 @@ def test_exported_tensors_reproduce_the_codes(method, easy_runs):
     with torch.no_grad():
         ours = result.method.encode(result.sae.project(x)).numpy()
     np.testing.assert_allclose(codes, ours, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", [*BASELINES, "gba"])
+def test_evaluation_by_blocks_equals_the_dense_evaluation(method, easy_runs, monkeypatch):
+    """A wide SAE is evaluated from its support, read by blocks: the same codes as the dense rule."""
+    result = easy_runs[method][0] if method in BASELINES else run(RecoverConfig.from_settings({**EASY, "method": method}))
+    batches = lambda: [torch.from_numpy(result.data.sample(300, np.random.default_rng(seed)).x) for seed in (1, 2)]  # noqa: E731
+    dense = evaluate(result.sae, result.method, batches(), features=result.data.features, neuron_moments=True)
+    monkeypatch.setattr(step_module, "BLOCK_ELEMENTS", 50 * result.sae.width)  # 6 blocks a batch
+    blocked = evaluate(result.sae, result.method, batches(), features=result.data.features, neuron_moments=True)
+    assert dense.metrics["l0"] > 0
+    for name in ("l0", "dead_fraction", "frr_0.9", "mcc", "median_live_frequency"):
+        assert blocked.metrics[name] == dense.metrics[name], name
+    for name in ("explained_variance", "fvu"):
+        assert blocked.metrics[name] == pytest.approx(dense.metrics[name], rel=1e-5), name
+    pd.testing.assert_frame_equal(blocked.neurons, dense.neurons, rtol=1e-5)
 
 
 def test_flat_settings_reach_every_method_config():

@@ -43,3 +43,15 @@ def test_the_command_line_sets_a_short_openmp_spin_unless_the_environment_has_on
     assert subprocess.run([sys.executable, "-c", script], env=environment, capture_output=True, text=True).stdout.strip() == "1000"
     environment["GOMP_SPINCOUNT"] = "5"
     assert subprocess.run([sys.executable, "-c", script], env=environment, capture_output=True, text=True).stdout.strip() == "5"
+
+
+def test_a_paper_scale_point_is_timed_by_part_against_its_matmul():
+    """The paper-scale record's machinery on a small instance: a calibrated BA run that trains sparse
+    from its first step, is evaluated, and states its time per part and its peak memory."""
+    small = {**bench.PAPER_SCALE, "n": 256, "d": 24, "width": 1024, "batch_size": 256, "eval_samples": 512}
+    record = bench.paper_scale_point(3, small)
+    assert record["kind"] == "paper_scale" and (record["n"], record["width"], record["steps"]) == (256, 1024, 3)
+    assert 0 < record["l0"] < 0.05 * 1024  # sparse, as calibrated to p = 2.4f
+    for key in ("train_seconds", "encoder_matmul_seconds", "evaluation_seconds", "initial_frr_seconds", "peak_rss_gib"):
+        assert record[key] > 0, key
+    json.dumps(record)

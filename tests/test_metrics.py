@@ -66,3 +66,33 @@ def test_sparsity_metrics():
     codes = np.array([[0, 1, 2], [0, 0, 3]])
     assert metrics.l0(codes) == 1.5
     assert metrics.dead_fraction((codes != 0).sum(0)) == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("width", [90, 320])  # fewer neurons than features, and more
+def test_recovery_by_tiles_equals_the_definitions(width, monkeypatch):
+    """Above DENSE_MATCHING_ENTRIES the engine computes FRR, best neurons and MCC by torch tiles with
+    candidate lists; they equal theory.metrics' exact definitions when the candidates suffice."""
+    import simulations.engine.recovery as recovery
+
+    features = gaussian_features(120, 24, seed=0)
+    noisy = features[np.random.default_rng(3).permutation(120)] + 0.45 * gaussian_features(120, 24, seed=1)
+    neurons = np.vstack([noisy, gaussian_features(200, 24, seed=2)])[:width]
+    # Two copies of the bisector of two features in place of their own copies: one candidate each
+    # cannot be matched one to one, so the candidate lists must widen.
+    neurons[0] = neurons[1] = noisy[0] + noisy[1]
+    best, where = metrics.max_cosine(features, neurons)
+    exact_mcc = metrics.mcc(features, neurons)
+    monkeypatch.setattr(recovery, "DENSE_MATCHING_ENTRIES", 10)
+    monkeypatch.setattr(recovery, "TILE", 32)  # tiles that cut both sets, with ragged ends
+    monkeypatch.setattr(recovery, "MATCHING_CANDIDATES", 1)
+    attempts = []
+    monkeypatch.setattr(recovery, "match_candidates", lambda *args: attempts.append(metrics.match_candidates(*args)) or attempts[-1])
+    found = recovery.recovery(features, neurons)
+    assert attempts[0] is None and attempts[-1] is not None  # widened until a full matching exists
+    np.testing.assert_allclose(found.best_cosine, best, atol=1e-6)
+    unit = neurons / np.linalg.norm(neurons, axis=1, keepdims=True)
+    np.testing.assert_allclose((features * unit[found.best_neuron]).sum(1), best, atol=1e-6)  # ties: either copy
+    assert np.mean(found.best_neuron == where) > 0.95
+    assert found.mcc == pytest.approx(exact_mcc, abs=1e-6)
+    assert 0.1 < found.frr(0.9) < 1.0 and found.frr(0.9) == np.mean(best >= 0.9)
+    np.testing.assert_allclose(recovery.best_cosines(features, neurons), best, atol=1e-6)

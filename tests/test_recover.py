@@ -222,3 +222,14 @@ def test_a_calibrated_start_trains_sparse_from_the_first_step(monkeypatch):
     target_l0 = zero.sae.width * zero.method_config.targets()[0]
     assert first_l0[0] > 0.3 * zero.sae.width  # biases at 0: about half the neurons fire
     assert first_l0[1] <= 1.5 * target_l0, first_l0
+
+
+def test_a_calibrated_paper_scale_run_needs_no_dense_projections():
+    """At n = 65,536, M = 262,144, batch 4096 a dense step holds (batch, M) matrices of 4.3 GB each; a
+    calibrated start trains sparse from the first step and evaluation reads wide batches by blocks."""
+    from simulations.experiments.recover import memory_estimate
+
+    paper = {"n": 65536, "d": 102, "s": 3, "width": 262144, "batch_size": 4096, "method": "ba", "target_frequency": "2.4f"}
+    calibrated = sum(memory_estimate(RecoverConfig.from_settings({**paper, "initial_bias": "calibrated"})).values())
+    zero_start = sum(memory_estimate(RecoverConfig.from_settings(paper)).values())
+    assert calibrated < 2 * 2**30 < 30 * 2**30 < zero_start

@@ -86,21 +86,46 @@ def matched_cosines(features: np.ndarray, neurons: np.ndarray) -> np.ndarray:
 
 def _sparse_matching(small: np.ndarray, large: np.ndarray, candidates: int) -> np.ndarray:
     k = min(candidates, large.shape[0])
-    rows, cols, values = [], [], []
+    columns, values = [], []
     for block in _blocks(small.shape[0], large.shape[0]):
         cosines = small[block] @ large.T
         top = np.argpartition(-cosines, k - 1, axis=1)[:, :k]
-        rows.append(np.repeat(np.arange(block.start, block.stop), k))
-        cols.append(top.ravel())
-        values.append(np.take_along_axis(cosines, top, axis=1).ravel())
-    rows, cols, values = np.concatenate(rows), np.concatenate(cols), np.concatenate(values)
-    # Costs must be positive for scipy's sparse matcher: cost = 2 - cos lies in [1, 3].
-    graph = sp.csr_matrix((2.0 - values, (rows, cols)), shape=(small.shape[0], large.shape[0]))
-    try:
-        matched_rows, matched_cols = min_weight_full_bipartite_matching(graph)
-    except ValueError:  # no full matching among the candidates: widen the candidate lists
+        columns.append(top)
+        values.append(np.take_along_axis(cosines, top, axis=1))
+    matching = match_candidates(np.concatenate(values), np.concatenate(columns), large.shape[0])
+    if matching is None:  # no full matching among the candidates: widen the candidate lists
         return _sparse_matching(small, large, 2 * k)
+    matched_rows, matched_cols = matching
     return np.einsum("ij,ij->i", small[matched_rows], large[matched_cols])
+
+
+def match_candidates(values: np.ndarray, columns: np.ndarray, num_columns: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The one-to-one matching of every row to a column that maximises the total cosine, each row
+    restricted to its candidates (`values[i, j]`: cosine of row i with column `columns[i, j]`);
+    (rows, columns) of the matching, or None when the candidates admit no full matching.
+
+    A row whose best candidate no other row lists takes it: moving that row there from any other
+    column cannot lower the total, so some optimal matching does. Only the other rows go to
+    scipy's sparse Hungarian solver (for a trained SAE, few of them).
+    """
+    count = columns.shape[0]
+    listed = np.bincount(columns.ravel(), minlength=num_columns)
+    best = columns[np.arange(count), values.argmax(axis=1)]
+    matched = best.copy()
+    contested = np.flatnonzero(listed[best] > 1)
+    if contested.size:
+        used, local = np.unique(columns[contested], return_inverse=True)
+        if used.size < contested.size:
+            return None
+        rows = np.repeat(np.arange(contested.size), columns.shape[1])
+        # Costs must be positive for scipy's sparse matcher: cost = 2 - cos lies in [1, 3].
+        graph = sp.csr_matrix((2.0 - values[contested].ravel(), (rows, local.ravel())), shape=(contested.size, used.size))
+        try:
+            _, chosen = min_weight_full_bipartite_matching(graph)
+        except ValueError:
+            return None
+        matched[contested] = used[chosen]
+    return np.arange(count), matched
 
 
 def mcc(features: np.ndarray, neurons: np.ndarray) -> float:

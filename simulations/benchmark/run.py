@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import os
 import statistics
 import subprocess
@@ -301,6 +302,56 @@ def busy_machine_records(steps: int) -> list[dict]:
              "ratio": busy / quiet, "gomp_spincount": os.environ.get("GOMP_SPINCOUNT")}]
 
 
+PAPER_SCALE = {"n": 65536, "d": 102, "s": 3, "width": 262144, "batch_size": 4096, "method": "ba",
+               "target_frequency": "2.4f", "initial_bias": "calibrated", "eval_samples": 4096, "seed": 0}
+"""The paper's headline scale (digest §5.1): n = 65,536 features, d = 102 (inside its recovery band),
+M = 4n neurons, s = 3, BA at p = 2.4f, batch 4096, started sparse (calibrated biases)."""
+
+
+def paper_scale_point(steps: int, settings: dict = PAPER_SCALE) -> dict:
+    """One run at `settings`, timed by part, in this process: the start and `steps` training steps
+    (the first step includes the calibration), the evaluation (FRR, best neurons, MCC, L0, EV,
+    frequencies), the initial decoder's FRR, and the plain encoder matmul (batch x d) @ (d x M)
+    timed afterwards on the same machine; with the run's peak RSS (before that matmul)."""
+    import resource
+
+    from simulations.engine.recovery import best_cosines
+    from simulations.experiments.recover import RecoverConfig, evaluate_run, prepare, torch_batches
+
+    config = RecoverConfig.from_settings({**settings, "steps": steps, "log_every": steps, "device": "cpu"})
+    data, sae, method, initial_decoder = prepare(config)
+    batches = torch_batches(data, config.train.batch_size, config.seed, sae.weight.device)
+    started = time.perf_counter()
+    train(sae, method, batches, config.train)  # no features: the history's FRR is the evaluation's job here
+    train_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    metrics = evaluate_run(sae, method, data, config)
+    evaluation_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    best_cosines(data.features, initial_decoder)
+    initial_frr_seconds = time.perf_counter() - started
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # before the matmul's own (batch, M) output
+    x, weight = next(batches), sae.weight.detach()
+    matmul = median_seconds(lambda: x @ weight.T, 3)
+    return {
+        "kind": "paper_scale", "method": config.method, "n": config.model.n, "d": config.model.d, "width": config.sae.width,
+        "batch": config.train.batch_size, "steps": steps, "train_seconds": train_seconds,
+        "encoder_matmul_seconds": matmul, "ratio_to_matmuls": train_seconds / (steps * matmul),
+        "evaluation_seconds": evaluation_seconds, "initial_frr_seconds": initial_frr_seconds,
+        "eval_samples": config.eval_samples, "l0": metrics["l0"], "frr_0.9": metrics["frr_0.9"],
+        "peak_rss_gib": peak_rss,
+    }
+
+
+def paper_scale_record(steps: int) -> dict:
+    """`paper_scale_point` in a fresh process, so that its peak RSS is its own."""
+    code = f"import json; from simulations.benchmark.run import paper_scale_point; print(json.dumps(paper_scale_point({steps})))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if result.returncode != 0:
+        return {"kind": "paper_scale", "error": result.stderr.strip().splitlines()[-1:]}
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def run_bench(quick: bool) -> list[dict]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     repeats = 3 if quick else 5
@@ -319,6 +370,8 @@ def run_bench(quick: bool) -> list[dict]:
     records += grid_records(points=4 if quick else 8, steps=100 if quick else 300)
     records += bf16_records(repeats, device, steps=100 if quick else 400, quick=quick)
     records += busy_machine_records(steps=300 if quick else 1000)
+    if not quick:
+        records.append(paper_scale_record(steps=10))
     try:
         records += saelens_records(shapes[1:2] if quick else shapes, repeats, device, ("topk",) if quick else ("topk", "standard"))
     except ImportError as error:

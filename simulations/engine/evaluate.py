@@ -18,7 +18,9 @@ import torch
 
 from simulations.engine.methods.base import Method
 from simulations.engine.sae import SparseAutoencoder, normalise
-from theory.metrics import ReconstructionStats, dead_fraction, max_cosine, mcc
+from simulations.engine.step import block_projections
+from simulations.engine.recovery import recovery
+from theory.metrics import ReconstructionStats, dead_fraction
 
 MARGIN_SIGMAS = 4
 """A neuron is above its target when its frequency exceeds it by this many binomial standard
@@ -64,31 +66,29 @@ def evaluate(
     active_total, samples = 0.0, 0
     for x in batches:
         unit = normalise(x) if normalise_inputs else x
-        codes = method.encode(sae.project(unit))
-        reconstruction = sae.decode(codes)
+        reconstruction, columns, values = _encode(sae, method, unit)
         unit_stats.update(unit.cpu().numpy(), reconstruction.cpu().numpy())
         if normalise_inputs:
             raw_stats.update(x.cpu().numpy(), (reconstruction * x.norm(dim=-1, keepdim=True)).cpu().numpy())
-        active = codes != 0
-        counts += active.sum(dim=0)
-        active_total += float(active.sum())
+        counts += torch.bincount(columns, minlength=width)
+        active_total += float(columns.numel())
         samples += x.shape[0]
         if neuron_moments:
-            codes = codes.double().cpu()
-            moments[0] += codes.sum(dim=0)
-            moments[1] += codes.pow(2).sum(dim=0)
-            torch.maximum(moments[2], codes.amax(dim=0), out=moments[2])
+            values, columns = values.double().cpu(), columns.cpu()
+            moments[0].index_add_(0, columns, values)
+            moments[1].index_add_(0, columns, values.pow(2))
+            moments[2].scatter_reduce_(0, columns, values, "amax")
     frequency = (counts / samples).cpu()
     metrics = {}
     best = best_neuron = None
     if features is not None:
-        decoder = sae.decoder_weight.cpu().numpy()
-        best, best_neuron = max_cosine(features, decoder)
+        found = recovery(features, sae.decoder_weight)
+        best, best_neuron = found.best_cosine, found.best_neuron
         metrics.update({
-            "frr_0.8": float(np.mean(best >= 0.8)),
-            "frr_0.9": float(np.mean(best >= 0.9)),
+            "frr_0.8": found.frr(0.8),
+            "frr_0.9": found.frr(0.9),
             "mean_max_cosine": float(np.mean(best)),
-            "mcc": mcc(features, decoder),
+            "mcc": found.mcc,
         })
     metrics.update({
         "l0": active_total / samples,
@@ -116,6 +116,26 @@ def evaluate(
         z_score = torch.where(std > 0, (moments[2] - mean) / std.clamp_min(1e-30), torch.zeros_like(std))
         neurons["max_activation"], neurons["mean_activation"], neurons["z_score"] = moments[2].numpy(), mean.numpy(), z_score.numpy()
     return Evaluation(metrics, neurons, best, best_neuron)
+
+
+def _encode(sae: SparseAutoencoder, method: Method, unit: torch.Tensor):
+    """The reconstruction of a batch and its non-zero codes (neuron and value of each).
+
+    A batch whose (batch, width) projections fit in one block is encoded densely; a wider one
+    from the method's support, read by blocks as in the sparse step, so that no (batch, width)
+    matrix is ever held.
+    """
+    projections = block_projections(sae, unit - sae.pre_bias)
+    if projections.in_one_block:
+        codes = method.encode(sae.project(unit))
+        rows, columns = codes.nonzero(as_tuple=True)
+        return sae.decode(codes), columns, codes[rows, columns]
+    entries = method.support(projections)
+    values = method.code_values(entries.projections, entries.columns)
+    nonzero = values != 0
+    rows, columns, values = entries.rows[nonzero], entries.columns[nonzero], values[nonzero]
+    decoded = torch.zeros_like(unit).index_add_(0, rows, values.unsqueeze(1) * sae.decoder_weight[columns])
+    return decoded + sae.pre_bias, columns, values
 
 
 def _target_metrics(targets, frequency: torch.Tensor, samples: int, best, best_neuron) -> dict:

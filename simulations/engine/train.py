@@ -15,9 +15,9 @@ import torch
 
 from simulations.engine.methods.base import Method
 from simulations.engine.progress import progress_bar
+from simulations.engine.recovery import best_cosines
 from simulations.engine.sae import SparseAutoencoder, normalise
 from simulations.engine.step import block_projections, dense_forward, sparse_forward
-from theory.metrics import feature_recovery_rate
 from theory.validation import ConfigError, check_choice, check_int, check_real
 
 
@@ -211,7 +211,7 @@ def train(
                 )
                 row.update(_group_columns(point_method, frequencies[point]))
                 if point_features[point] is not None:
-                    row["frr_0.9"] = feature_recovery_rate(point_features[point], decoders[point], 0.9)
+                    row["frr_0.9"] = float(np.mean(best_cosines(point_features[point], decoders[point]) >= 0.9))
                 history.append(row)
                 if on_log is not None:
                     on_log(row)

@@ -23,13 +23,16 @@ from safetensors.numpy import save_file
 from simulations.engine.evaluate import evaluate
 from simulations.engine.methods import METHODS, MethodConfig
 from simulations.engine.methods.base import Method
+from simulations.engine.methods.bias_adaptation import CALIBRATED
+from simulations.engine.recovery import best_cosines
 from simulations.engine.sae import SAEConfig, SparseAutoencoder
 from simulations.engine.stack import MethodStack
+from simulations.engine.step import BLOCK_ELEMENTS
 from simulations.engine.train import DEFAULT_LEARNING_RATE, TrainConfig, resolve_device, train
 from simulations.experiments.export import sae_tensors
 from simulations.experiments.files import atomic_path, write_atomically
 from simulations.experiments.worlds import PLANTED, WorldData, is_world, parse_data, saelens_evaluation, world_summary
-from theory.metrics import DENSE_MATCHING_ENTRIES, feature_recovery_rate
+from theory.metrics import DENSE_MATCHING_ENTRIES
 from theory.model import FeatureModel, SyntheticData
 from theory.validation import MAX_SEED, ConfigError, check_choice, check_int, multiple_setting
 
@@ -227,8 +230,9 @@ def finish(config, data, sae, method, initial_decoder, history, started: float) 
     """Evaluate a trained SAE and bundle the run's result (`started`: its perf_counter start);
     on a SynthSAEBench world, SAELens's own ground-truth evaluation is added (`saelens_*`)."""
     metrics = evaluate_run(sae, method, data, config)
+    initial_best = best_cosines(data.features, initial_decoder)
     for tau in (0.8, 0.9):
-        metrics[f"frr_init_{tau}"] = feature_recovery_rate(data.features, initial_decoder, tau)
+        metrics[f"frr_init_{tau}"] = float(np.mean(initial_best >= tau))
     result = RecoverResult(config, data, sae, method, metrics, history)
     if is_world(config.data):
         seed = int(np.random.SeedSequence([config.seed, 4]).generate_state(1)[0])
@@ -264,10 +268,15 @@ def memory_estimate(config: RecoverConfig) -> dict[str, int]:
     """Bytes of a run's largest allocations, each under the settings that size it (the base
     interpreter and torch, about 0.7 GB, not included)."""
     model, width = config.model, config.sae.width
-    rows = max(config.train.batch_size, min(EVALUATION_BATCH, config.eval_samples))
+    # A calibrated BA/GBA start trains sparse from the first step, and evaluation reads wide batches
+    # by blocks: then no step holds more than a block of projections. Otherwise the first steps are dense.
+    sparse_from_start = config.train.sparse_step and getattr(config.method_config, "initial_bias", None) == CALIBRATED
+    projections = min(BLOCK_ELEMENTS, width * min(EVALUATION_BATCH, config.eval_samples))
+    if not sparse_from_start:
+        projections = max(projections, width * config.train.batch_size)
     matrices = 2 if not config.sae.tied else 1
     estimate = {
-        "width x batch_size (projections)": PROJECTION_COPIES * 4 * rows * width,
+        "width x batch_size (projections)": PROJECTION_COPIES * 4 * projections,
         "width x d (weights, gradients, Adam)": 16 * matrices * width * model.d,
         "n x d (features)": 20 * model.n * model.d,
     }
