@@ -55,3 +55,9 @@ def test_a_paper_scale_point_is_timed_by_part_against_its_matmul():
     for key in ("train_seconds", "encoder_matmul_seconds", "evaluation_seconds", "initial_frr_seconds", "peak_rss_gib"):
         assert record[key] > 0, key
     json.dumps(record)
+
+
+def test_jumprelu_steps_are_timed_from_trained_like_thresholds():
+    records = bench.step_records([(16, 256)], ["jumprelu"], 2, torch.device("cpu"), peak=100.0, with_dense=False)
+    assert "error" not in records[0], records[0]
+    assert 0 < records[0]["l0"] < 0.2 * 256  # thresholds set for about TopK's k codes a sample

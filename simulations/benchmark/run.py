@@ -26,7 +26,7 @@ from simulations.engine.methods import METHODS
 from simulations.engine.methods.base import Codes, Projections
 from simulations.engine.methods.bias_adaptation import BiasAdaptationConfig
 from simulations.engine.sae import SAEConfig, SparseAutoencoder, normalise
-from simulations.engine.step import dense_forward
+from simulations.engine.step import block_projections, dense_forward
 from simulations.engine.train import TrainConfig, train
 from theory.model import FeatureModel, SyntheticData
 
@@ -65,7 +65,7 @@ def settle_thresholds(sae, method, batch: torch.Tensor, l0: int) -> None:
     """Bring JumpReLU thresholds to a trained-like state before timing: each latent's threshold at
     the activation it exceeds on l0/width of the samples, so that L0 is about `l0` (TopK's k)."""
     with torch.no_grad():
-        pre_activation = method.pre_activation(sae.project(normalise(batch)))
+        pre_activation = sae.project(normalise(batch)) + method.bias
         rank = batch.shape[0] - max(1, round(l0 * batch.shape[0] / sae.width))
         threshold = pre_activation.kthvalue(rank, dim=0).values
         method.log_threshold.copy_(threshold.clamp_min(1e-6).log())
@@ -311,8 +311,8 @@ M = 4n neurons, s = 3, BA at p = 2.4f, batch 4096, started sparse (calibrated bi
 def paper_scale_point(steps: int, settings: dict = PAPER_SCALE) -> dict:
     """One run at `settings`, timed by part, in this process: the start and `steps` training steps
     (the first step includes the calibration), the evaluation (FRR, best neurons, MCC, L0, EV,
-    frequencies), the initial decoder's FRR, and the plain encoder matmul (batch x d) @ (d x M)
-    timed afterwards on the same machine; with the run's peak RSS (before that matmul)."""
+    frequencies), the initial decoder's FRR, and the encoder matmul (batch x d) @ (d x M) timed
+    afterwards on the same machine, plain and as the sparse step computes it (blocks of neurons); with the run's peak RSS (before that matmul)."""
     import resource
 
     from simulations.engine.recovery import best_cosines
@@ -333,10 +333,13 @@ def paper_scale_point(steps: int, settings: dict = PAPER_SCALE) -> dict:
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # before the matmul's own (batch, M) output
     x, weight = next(batches), sae.weight.detach()
     matmul = median_seconds(lambda: x @ weight.T, 3)
+    # The same products as the sparse step reads them: by blocks of neurons into one reused buffer.
+    blocked = median_seconds(lambda: sum(1 for _ in block_projections(sae, x).neuron_blocks()), 3)
     return {
         "kind": "paper_scale", "method": config.method, "n": config.model.n, "d": config.model.d, "width": config.sae.width,
         "batch": config.train.batch_size, "steps": steps, "train_seconds": train_seconds,
         "encoder_matmul_seconds": matmul, "ratio_to_matmuls": train_seconds / (steps * matmul),
+        "blocked_matmul_seconds": blocked, "ratio_to_blocked_matmuls": train_seconds / (steps * blocked),
         "evaluation_seconds": evaluation_seconds, "initial_frr_seconds": initial_frr_seconds,
         "eval_samples": config.eval_samples, "l0": metrics["l0"], "frr_0.9": metrics["frr_0.9"],
         "peak_rss_gib": peak_rss,
