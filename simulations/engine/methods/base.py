@@ -142,9 +142,9 @@ class Projections:
 
 
 def _product(left: torch.Tensor, right: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
-    """left @ right, written into the previous block's memory when the shapes agree: a fresh
-    (rows, width) output each block costs as much as a third of the matmul in page faults. The
-    caller has consumed the previous block (every method copies the entries it keeps)."""
+    """left @ right, written into the previous block's memory when the shapes agree: a fresh output
+    each block pays its page faults again. The caller has consumed the previous block (every method
+    copies the entries it keeps)."""
     if previous is None or previous.shape != (left.shape[0], right.shape[1]):
         return left @ right
     # The output's dtype is the first product's (bf16 under autocast, which does not cast out= calls).
@@ -184,12 +184,10 @@ def gather(projections: Projections, cutoff: torch.Tensor, shift: torch.Tensor |
     """
     cutoff = torch.as_tensor(cutoff, device=projections.device).expand(projections.width)
     if projections.in_one_block:
-        parts = []
-        for start, block in projections.blocks():
-            values = block if shift is None else block + shift
-            rows, columns = (values > cutoff).nonzero(as_tuple=True)
-            parts.append((rows + start, columns, block[rows, columns]))
-        return Entries(*(torch.cat(part) for part in zip(*parts)))
+        _, block = next(projections.blocks())
+        values = block if shift is None else block + shift
+        rows, columns = (values > cutoff).nonzero(as_tuple=True)
+        return Entries(rows, columns, block[rows, columns])
     parts = []
     for start, block in projections.neuron_blocks():
         neurons = slice(start, start + block.shape[0])
