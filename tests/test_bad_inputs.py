@@ -85,6 +85,7 @@ CASES = [
     (["recover", "--method", "gba", "--groups", "0"], "groups: must lie in \\[1, inf\\], got 0"),
     (["recover", "--update-interval", "0"], "update_interval: must lie in \\[1, inf\\], got 0"),
     (["recover", "--initial-scale", "-1"], "initial_scale: must lie in \\(0, inf\\), got -1"),
+    (["recover", "--pre-bias", "mean"], "invalid choice: .mean."),
     (["recover", "--frequency-decay", "-1"], "frequency_decay: must lie in \\[0, 4\\], got -1"),
     (["recover", "--target-frequency", "1.5"], "target_frequency: must lie in \\(0, 1\\), got 1.5"),
     (["recover", "--target-frequency", "abc"], "target_frequency"),

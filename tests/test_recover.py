@@ -233,3 +233,51 @@ def test_a_calibrated_paper_scale_run_needs_no_dense_projections():
     calibrated = sum(memory_estimate(RecoverConfig.from_settings({**paper, "initial_bias": "calibrated"})).values())
     zero_start = sum(memory_estimate(RecoverConfig.from_settings(paper)).values())
     assert calibrated < 2 * 2**30 < 30 * 2**30 < zero_start
+
+
+def test_the_geometric_median_minimises_the_summed_distances():
+    from simulations.engine.sae import geometric_median
+
+    points = torch.randn(2, 301, 5, generator=torch.Generator().manual_seed(0)) ** 3  # heavy tails: median ≠ mean
+    median = geometric_median(points)
+    assert median.shape == (2, 5)
+    total = lambda centre: (points - centre.unsqueeze(-2)).norm(dim=-1).sum(dim=-1)  # noqa: E731
+    assert (total(median) < total(points.mean(dim=-2))).all()
+    for _ in range(20):
+        nudge = 1e-2 * torch.randn(2, 5, generator=torch.Generator().manual_seed(_))
+        assert (total(median) <= total(median + nudge) + 1e-5).all()
+
+
+@pytest.mark.parametrize("stacked", [False, True])
+def test_pre_bias_held_at_zero_or_started_at_the_first_batchs_median(stacked):
+    from simulations.engine.sae import geometric_median, normalise
+    from simulations.experiments.recover import prepare, run_stack, torch_batches
+
+    def config(pre_bias, seed=0):
+        return dataclasses.replace(easy_config(seed), sae=SAEConfig(width=256, pre_bias=pre_bias),
+                                   train=TrainConfig(steps=20, batch_size=512, device="cpu", learning_rate=1e-3))
+
+    def trained(pre_bias):
+        if stacked:
+            return [result.sae for result in run_stack([config(pre_bias, seed) for seed in (0, 1)])]
+        return [run(config(pre_bias)).sae]
+
+    assert all(torch.equal(sae.pre_bias, torch.zeros(EASY.d)) for sae in trained("zero"))
+    for seed, sae in enumerate(trained("median")):
+        data = prepare(config("median", seed))[0]
+        first = normalise(next(torch_batches(data, 512, seed, torch.device("cpu"))))
+        # 20 Adam steps of 1e-3 move each coordinate by at most 0.02.
+        assert (sae.pre_bias.detach() - geometric_median(first)).abs().max() <= 0.02 + 1e-6
+    assert trained("learned")[0].pre_bias.detach().norm() > 0
+
+
+def test_a_pre_bias_other_than_learned_is_part_of_the_config_key_and_learned_is_not():
+    learned = easy_config()
+    assert "pre_bias" not in learned.to_dict()["sae"]
+    median = dataclasses.replace(learned, sae=SAEConfig(width=256, pre_bias="median"))
+    assert median.to_dict()["sae"]["pre_bias"] == "median"
+    assert RecoverConfig.from_dict(median.to_dict()) == median
+    assert RecoverConfig.from_dict(learned.to_dict()) == learned
+    assert RecoverConfig.from_settings({"n": 64, "pre_bias": "zero"}).sae.pre_bias == "zero"
+    with pytest.raises(ConfigError, match="pre_bias: must be one of learned, median, zero; got 'mean'"):
+        SAEConfig(pre_bias="mean")

@@ -13,7 +13,7 @@ import torch
 from simulations.engine.methods import METHODS
 from simulations.engine.methods.base import field_docs
 from simulations.engine.methods.bias_adaptation import CALIBRATED, CONTROLLERS, DEFAULT_TARGETS, BiasAdaptationConfig
-from simulations.engine.sae import SAEConfig
+from simulations.engine.sae import PRE_BIASES, SAEConfig
 from simulations.engine.train import DEFAULT_LEARNING_RATE, TrainConfig
 from simulations.experiments.files import check_output_directory
 from simulations.experiments.recover import RecoverConfig, check_memory, run, save, world_settings
@@ -59,6 +59,9 @@ def register(parser) -> None:
                      "ba/gba as in the paper, false for the baselines as the field trains them)")
     sae.add_argument("--initial-scale", type=float, default=SAEConfig.initial_scale,
                      help="initial output scale a (tied) or decoder row norm (untied)")
+    sae.add_argument("--pre-bias", choices=PRE_BIASES, default=SAEConfig.pre_bias,
+                     help="b_pre: learned from 0, learned from the first batch's geometric median (the field's TopK "
+                     "start), or held at zero")
 
     method = parser.add_argument_group("method")
     method.add_argument("--method", choices=list(METHODS), default="ba", help="training method")
@@ -230,7 +233,7 @@ def config_from_args(args, features: np.ndarray | None) -> RecoverConfig:
     return RecoverConfig(
         model=model,
         sae=SAEConfig(width=args.width, tied=getattr(args, "tied", METHODS[args.method].tied_default),
-                      initial_scale=args.initial_scale),
+                      initial_scale=args.initial_scale, pre_bias=args.pre_bias),
         method=args.method,
         method_config=method_config,
         train=TrainConfig(

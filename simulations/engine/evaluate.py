@@ -64,8 +64,10 @@ def evaluate(
     counts = torch.zeros(width, device=sae.weight.device)
     moments = torch.zeros(3, width, dtype=torch.float64)  # sum, sum of squares, max
     active_total, samples = 0.0, 0
+    input_sum = torch.zeros(sae.d, dtype=torch.float64)
     for x in batches:
         unit = normalise(x) if normalise_inputs else x
+        input_sum += unit.double().sum(dim=0).cpu()
         reconstruction, columns, values = _encode(sae, method, unit)
         unit_stats.update(unit.cpu().numpy(), reconstruction.cpu().numpy())
         if normalise_inputs:
@@ -99,6 +101,11 @@ def evaluate(
     })
     if normalise_inputs:
         metrics.update(fvu=raw_stats.fraction_of_variance_unexplained, mse=raw_stats.mse)
+    # Where b_pre went: an untied SAE can move it far from the data (the inputs are unit norm).
+    pre_bias, mean_input = sae.pre_bias.detach().double().cpu(), input_sum / samples
+    norms = float(pre_bias.norm() * mean_input.norm())
+    metrics["pre_bias_norm"] = float(pre_bias.norm())
+    metrics["pre_bias_mean_cosine"] = float(pre_bias @ mean_input) / norms if norms > 0 else float("nan")
     frequency64 = frequency.numpy().astype(np.float64)
     live = frequency64 > 0
     metrics["median_live_frequency"] = float(np.median(frequency64[live])) if live.any() else 0.0

@@ -14,7 +14,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from theory.validation import ConfigError, check_int, check_real
+from theory.validation import ConfigError, check_choice, check_int, check_real
+
+PRE_BIASES = ("learned", "median", "zero")
+"""How b_pre starts and trains (`SAEConfig.pre_bias`)."""
 
 
 @dataclass(frozen=True)
@@ -31,12 +34,17 @@ class SAEConfig:
     normalise_rows: bool = True
     """Keep the rows of W (tied) or of the decoder (untied) at unit norm after every step
     (the theory's spherical gradient steps); the magnitude then lives in a."""
+    pre_bias: str = "learned"
+    """b_pre: 'learned' (starts at 0 and trains), 'median' (starts at the geometric median of the first
+    training batch and trains, as dictionary_learning and sparsify start their TopK SAEs' b_dec) or
+    'zero' (held at 0: no pre-bias)."""
 
     def __post_init__(self):
         check_int("width", self.width, 1)
         if not isinstance(self.tied, bool):
             raise ConfigError(f"tied: must be true or false, got {self.tied!r}")
         check_real("initial_scale", self.initial_scale, 0.0, low_open=True)
+        check_choice("pre_bias", self.pre_bias, PRE_BIASES)
 
 
 class SparseAutoencoder(nn.Module):
@@ -53,7 +61,7 @@ class SparseAutoencoder(nn.Module):
             self.scale = nn.Parameter(torch.full((config.width,), config.initial_scale, device=device))
         else:
             self.decoder = nn.Parameter(directions.clone() * config.initial_scale)
-        self.pre_bias = nn.Parameter(torch.zeros(d, device=device))
+        self.pre_bias = nn.Parameter(torch.zeros(d, device=device), requires_grad=config.pre_bias != "zero")
         self.points: int | None = None
         """None for one SAE; G when the parameters carry a leading axis of G SAEs (`stack`)."""
 
@@ -67,7 +75,8 @@ class SparseAutoencoder(nn.Module):
         nn.Module.__init__(stacked)
         stacked.config, stacked.d, stacked.points = first.config, first.d, len(saes)
         for name, _ in first.named_parameters():
-            setattr(stacked, name, nn.Parameter(torch.stack([getattr(sae, name).detach() for sae in saes])))
+            values = torch.stack([getattr(sae, name).detach() for sae in saes])
+            setattr(stacked, name, nn.Parameter(values, requires_grad=getattr(first, name).requires_grad))
         return stacked
 
     @torch.no_grad()
@@ -76,6 +85,12 @@ class SparseAutoencoder(nn.Module):
         for name, parameter in self.named_parameters():
             for point, sae in enumerate(saes):
                 getattr(sae, name).copy_(parameter[point])
+
+    @torch.no_grad()
+    def start_pre_bias(self, x: torch.Tensor) -> None:
+        """Set b_pre from the first training batch (inputs as the SAE sees them) where the config asks for it."""
+        if self.config.pre_bias == "median":
+            self.pre_bias.copy_(geometric_median(x))
 
     @property
     def width(self) -> int:
@@ -102,6 +117,21 @@ class SparseAutoencoder(nn.Module):
             return
         rows = self.weight if self.config.tied else self.decoder
         rows.div_(rows.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+
+
+@torch.no_grad()
+def geometric_median(points: torch.Tensor, iterations: int = 100, tolerance: float = 1e-5) -> torch.Tensor:
+    """The point minimising the summed distances to `points` (..., count, d) by Weiszfeld's iteration,
+    started at the mean; one median per leading index."""
+    median = points.mean(dim=-2)
+    for _ in range(iterations):
+        weights = 1 / (points - median.unsqueeze(-2)).norm(dim=-1).clamp_min(1e-8)
+        update = (weights.unsqueeze(-1) * points).sum(dim=-2) / weights.sum(dim=-1, keepdim=True)
+        moved = (update - median).norm(dim=-1).max()
+        median = update
+        if moved < tolerance:
+            break
+    return median
 
 
 def normalise(x: torch.Tensor) -> torch.Tensor:

@@ -166,12 +166,14 @@ def train(
             start = restore_state(checkpoint.state, sae, method, optimiser, history)
             density = checkpoint.state["density"]
     if start == 0:
-        # A fresh run shows the method its first batch before training on it (BA's calibrated start);
+        # A fresh run shows the SAE and the method its first batch before training on it (b_pre's median
+        # start, BA's calibrated start);
         # a method that calibrates says how dense that batch's codes are, so the first step may be sparse.
         first = next(batches)
         batches = itertools.chain([first], batches)
         with torch.no_grad():
             x = normalise(first) if config.normalise_inputs else first
+            sae.start_pre_bias(x)
             calibrated = method.calibrate(block_projections(sae, x - sae.pre_bias.unsqueeze(-2)))
         if calibrated is not None:
             density = calibrated

@@ -84,11 +84,15 @@ class RecoverConfig:
         check_int("eval_samples", self.eval_samples, 1)
 
     def to_dict(self) -> dict:
-        """Every setting, nested by part, JSON-ready ('data' only when it is not the planted model,
-        so that planted runs keep the keys that hash this dict)."""
+        """Every setting, nested by part, JSON-ready ('data' only when it is not the planted model and
+        the SAE's 'pre_bias' only when it is not 'learned', so that runs made before those settings
+        keep the keys that hash this dict)."""
+        sae = dataclasses.asdict(self.sae)
+        if sae["pre_bias"] == SAEConfig.pre_bias:
+            del sae["pre_bias"]
         settings = {
             "model": dataclasses.asdict(self.model),
-            "sae": dataclasses.asdict(self.sae),
+            "sae": sae,
             "method": self.method,
             "method_config": dataclasses.asdict(self.method_config),
             "train": dataclasses.asdict(self.train),
