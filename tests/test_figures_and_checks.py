@@ -162,3 +162,33 @@ def test_the_scale_of_a_table_is_read_from_it():
     table = pd.DataFrame({"n": [128, 128], "d": [42, 42], "sparsity": ["[3, 20]"] * 2, "width": [512, 1024],
                           "tied": [True, False], "steps": [2400, 2400], "batch_size": [512, 512]})
     assert scale_text(table) == "n = 128, d = 42, s = [3, 20], tied/untied SAE width 4n/8n, 2400 steps of 512"
+
+
+def test_the_opening_is_the_smallest_d_from_which_every_larger_d_recovers():
+    from simulations.reports.tables import opening_dimensions
+
+    frr = {256: [0.1, 0.95, 0.5, 0.95, 1.0], 1024: [0.0, 0.0, 0.1, 0.2, 0.5], 4096: [0.9, 0.9, 1.0, 1.0, 1.0]}
+    ds = [16, 23, 32, 45, 64]
+    table = pd.DataFrame([{"n": n, "d": d, "seed": seed, "frr_0.9": value + (0.02 if seed else -0.02)}
+                          for n, values in frr.items() for d, value in zip(ds, values) for seed in (0, 1)])
+    openings = opening_dimensions(table).set_index("n")
+    assert (openings.loc[256, "opening"], openings.loc[256, "below"]) == (45, 32)
+    assert pd.isna(openings.loc[1024, "opening"]) and openings.loc[1024, "below"] == 64
+    assert openings.loc[4096, "opening"] == 16 and pd.isna(openings.loc[4096, "below"])
+
+
+@pytest.mark.parametrize("openings, verdict", [({256: 23, 1024: 32, 4096: 45}, "reproduced"),
+                                               ({256: 23, 1024: 45, 4096: 91}, "not reproduced"),
+                                               ({256: 23, 1024: None, 4096: None}, "not testable here")])
+def test_the_opening_law_claim_tells_log_growth_from_root_n_growth(tmp_path, openings, verdict):
+    from simulations.reports.claims.grids import opening_law
+
+    ds = [16, 23, 32, 45, 64, 91, 128, 181, 256]
+    rows = [{"method": "ba", "settled": True, "n": n, "d": d, "seed": 0, "sparsity": 3, "width": 4 * n, "tied": True,
+             "steps": 1200, "batch_size": n, "feature_frequency": 3 / n,
+             "frr_0.9": float(opening is not None and d >= opening)}
+            for n, opening in openings.items() for d in ds]
+    (tmp_path / "opening_law").mkdir()
+    pd.DataFrame(rows).to_csv(tmp_path / "opening_law" / "results.csv", index=False)
+    measurement = opening_law(tmp_path)
+    assert measurement.verdict == verdict, measurement.measured

@@ -161,6 +161,23 @@ def world_table(results: Path, name: str = "synthsaebench", methods: tuple[str, 
     return table.assign(label=table.apply(label, axis=1))
 
 
+OPENS_AT = 0.9
+"""Mean FRR(0.9) over seeds from which a dimension counts as recovering (the opening law)."""
+
+
+def opening_dimensions(table: pd.DataFrame) -> pd.DataFrame:
+    """Per n: `opening`, the smallest d of the grid from which on every larger d has mean FRR(0.9) over
+    seeds ≥ OPENS_AT (NaN where the largest d fails), and `below`, the grid d under it (NaN if none)."""
+    rows = []
+    for n, rows_n in table.groupby("n"):
+        frr = rows_n.groupby("d")["frr_0.9"].mean().sort_index()
+        failing = frr.index[frr < OPENS_AT]
+        recovering = frr.index[frr.index > failing.max()] if len(failing) else frr.index
+        rows.append({"n": int(n), "opening": float(recovering.min()) if len(recovering) else np.nan,
+                     "below": float(failing.max()) if len(failing) else np.nan})
+    return pd.DataFrame(rows)
+
+
 ON_TARGET = 0.7
 """The share of its target a group must reach to count as landing on it (claim 1b, the controller figure)."""
 

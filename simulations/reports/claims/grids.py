@@ -8,7 +8,10 @@ import numpy as np
 import pandas as pd
 
 from simulations.reports.claims import Measurement, claim
-from simulations.reports.tables import ON_TARGET, MissingTable, grid_command, group_settling, load_results, scale_text
+from simulations.reports.paper import HEAVY_OPENING
+from simulations.reports.tables import (OPENS_AT, ON_TARGET, MissingTable, grid_command, group_settling, load_results,
+                                       opening_dimensions, scale_text)
+from theory.bounds import opening_dimension
 
 
 def all_tables(results: Path) -> pd.DataFrame:
@@ -297,6 +300,51 @@ def small_d(results: Path) -> Measurement:
         f"Most instances keep V1 (max |cos| ≤ 0.7) only from d = {coherent.min() if len(coherent) else '—'} on "
         f"({coherent.min() / root_n:.2f}√n); at n = 65,536 that happens near d = 90 ≈ 0.35√n." if len(coherent) else "")
     return Measurement(measured, verdict, note)
+
+
+ROOT_N_SLOPE = 0.5
+"""Claim 5b: the slope of log d against log n if the opening grew like √n."""
+
+
+def grid_d(d: float) -> str:
+    return "none" if np.isnan(d) else f"{d:g}"
+
+
+def log_slope(n, d) -> float:
+    """Least-squares slope of log d against log n."""
+    return float(np.polyfit(np.log(np.asarray(n, float)), np.log(np.asarray(d, float)), 1)[0])
+
+
+@claim(
+    "5b",
+    "Ours, not the paper's: the dimension at which recovery opens grows like log(n/s), not like √n",
+    paper="not in the paper; its band opens near d ≈ 84 at n = 65,536 and fails up to d = 58",
+    command=grid_command("opening_law"),
+    rule="the opening at each n is the smallest grid d from which on every larger d has mean FRR(0.9) ≥ "
+    f"{OPENS_AT} (BA, p = 2f); fit the slope of log(opening) against log n over the n that open and compare it with "
+    f"the same fit of theory.bounds.opening_dimension at those n and with {ROOT_N_SLOPE} (√n): reproduced if nearer "
+    "the former, not reproduced if nearer √n, partly if equally near; not testable here if fewer than two n open",
+    figure="opening_law",
+)
+def opening_law(results: Path) -> Measurement:
+    table = load_results(results, "opening_law")
+    s = float(table["feature_frequency"].iloc[0] * table["n"].iloc[0])
+    openings = opening_dimensions(table)
+    opened = openings.dropna(subset=["opening"])
+    predicted = [opening_dimension(n, s) for n in opened["n"]]
+    measured = f"{scale_text(table)}, {table['seed'].nunique()} seeds. Opening (grid d below it; ours d* = s Q⁻¹(f)²; √n): " + "; ".join(
+        f"n = {row.n}: {grid_d(row.opening)} ({grid_d(row.below)}; {opening_dimension(row.n, s):.1f}; {row.n ** 0.5:.0f})"
+        for row in openings.itertuples())
+    if len(opened) < 2:
+        return Measurement(measured + ". Fewer than two n open.", "not testable here")
+    slope, law = log_slope(opened["n"], opened["opening"]), log_slope(opened["n"], predicted)
+    ratio = (opened["opening"] / np.array(predicted)).to_numpy()
+    measured += (f". Slope of log(opening) against log n: {slope:.2f} (log law {law:.2f}, √n {ROOT_N_SLOPE}); opening / d* "
+                 f"= {ratio.min():.2f}–{ratio.max():.2f}; the paper's n = {HEAVY_OPENING['n']:,} opening {HEAVY_OPENING['opens_near']} "
+                 f"= {HEAVY_OPENING['opens_near'] / opening_dimension(HEAVY_OPENING['n'], s):.2f} d*")
+    to_law, to_root = abs(slope - law), abs(slope - ROOT_N_SLOPE)
+    verdict = "reproduced" if to_law < to_root else "not reproduced" if to_root < to_law else "partly"
+    return Measurement(measured, verdict)
 
 
 BEST_WITHIN, POOR_AT_F = 0.02, 0.5

@@ -8,9 +8,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from simulations.reports.paper import HEAVY_BAND
+from simulations.reports.paper import HEAVY_BAND, HEAVY_OPENING
 from simulations.reports.plots import figure, mark_unsettled, save_figure, unsettled, unsettled_counts
-from simulations.reports.tables import ON_TARGET, MissingTable, group_settling, load_results, scale_text
+from simulations.reports.tables import (OPENS_AT, ON_TARGET, MissingTable, group_settling, load_results, opening_dimensions,
+                                       scale_text)
 from theory.bounds import opening_dimension, required_width, simplified_band, stated_band
 
 CONDITIONS = ("H1", "H2", "H3", "V1")
@@ -144,6 +145,62 @@ def band_edge(results: Path, out: Path) -> Path:
     axes[0].set_ylim(-0.02, 1.02)
     fig.suptitle(f"The band's lower edge: BA at n = {n}, d = {d} (d/√n = {d / np.sqrt(n):.1f}), width 4n")
     return save_figure(fig, out, "band_edge")
+
+
+@figure("opening_law")
+def opening_law(results: Path, out: Path) -> Path:
+    table = load_results(results, "opening_law")
+    s = float(table["feature_frequency"].iloc[0] * table["n"].iloc[0])
+    openings = opening_dimensions(table)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    for n, rows in table.groupby("n"):
+        summary = seed_summary(rows, "d", "frr_0.9")
+        plot_with_range(axes[0], summary, "d", f"n = {n} (mean, range of {rows['seed'].nunique()} seeds)")
+        init = seed_summary(rows, "d", "frr_init_0.9")
+        axes[0].plot(init["d"], init["mean"], ls=":", color=axes[0].lines[-1].get_color())
+    axes[0].plot([], [], "k:", label="random init")
+    axes[0].axhline(OPENS_AT, color="k", lw=0.8, ls="--", label=f"FRR(0.9) = {OPENS_AT}")
+    mark_unsettled(axes[0], table, "d", "frr_0.9")
+    ds = sorted(table["d"].unique())
+    axes[0].set_xscale("log")
+    axes[0].set_xticks(ds, [f"{d:g}" for d in ds]), axes[0].minorticks_off()
+    axes[0].set_xlabel("dimension d (log)")
+    axes[0].set_ylabel("FRR(0.9)")
+    axes[0].set_ylim(-0.02, 1.02)
+    axes[0].legend(fontsize=7)
+    axes[0].set_title(f"BA at p = 2f, s = {s:g}, width 4n")
+
+    ns = np.geomspace(min(openings["n"].min(), 256) / 1.5, HEAVY_OPENING["n"] * 1.5, 200)
+    opened = openings.dropna(subset=["opening"])
+    below = opened["opening"] - opened["below"].fillna(opened["opening"])
+    axes[1].errorbar(opened["n"], opened["opening"], yerr=[below, np.zeros(len(opened))], fmt="o", color="C0", capsize=3,
+                     label=f"measured opening (bar: down to the last failing grid d)")
+    try:
+        longer = load_results(results, "opening_law_long")
+    except MissingTable:
+        longer = None
+    if longer is not None:
+        opened_longer = opening_dimensions(longer).dropna(subset=["opening"])
+        axes[1].scatter(opened_longer["n"] * 1.08, opened_longer["opening"], facecolors="none", edgecolors="C0", s=60,
+                        label=f"the same, trained {longer['steps'].max() / table['steps'].max():g}× longer (opening_law_long)")
+    axes[1].plot(ns, [opening_dimension(n, s) for n in ns], "k-", label="ours: d* = s Q⁻¹(f)² ≈ 2 s ln(n/s)")
+    if len(opened):
+        first = opened.iloc[0]
+        axes[1].plot(ns, first["opening"] * np.sqrt(ns / first["n"]), "k--", label=f"√n through the n = {first['n']:.0f} opening")
+    axes[1].scatter([HEAVY_OPENING["n"]], [HEAVY_OPENING["opens_near"]], marker="*", s=160, color="C3", zorder=5,
+                    label=f"paper, n = {HEAVY_OPENING['n']:,}: opens near d = {HEAVY_OPENING['opens_near']}")
+    axes[1].scatter([HEAVY_OPENING["n"]], [HEAVY_OPENING["fails_up_to"]], marker="v", s=60, color="C3", zorder=5,
+                    label=f"paper: fails up to d = {HEAVY_OPENING['fails_up_to']}")
+    axes[1].set_xscale("log", base=2)
+    axes[1].set_yscale("log")
+    marks = [d for d in np.geomspace(8, 1024, 15) if d <= 1.2 * max(axes[1].get_ylim())]
+    axes[1].set_yticks(marks, [f"{d:.0f}" for d in marks]), axes[1].minorticks_off()
+    axes[1].set_xlabel("number of features n (log)")
+    axes[1].set_ylabel("opening dimension d (log)")
+    axes[1].legend(fontsize=7)
+    axes[1].set_title(f"the smallest d from which FRR(0.9) ≥ {OPENS_AT} at every larger d")
+    fig.suptitle(f"The opening law: {scale_text(table)}")
+    return save_figure(fig, out, "opening_law")
 
 
 @figure("cooccurrence")
