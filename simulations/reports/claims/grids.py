@@ -318,7 +318,8 @@ def log_slope(n, d) -> float:
 @claim(
     "5b",
     "Ours, not the paper's: the dimension at which recovery opens grows like log(n/s), not like √n",
-    paper="not in the paper; its band opens near d ≈ 84 at n = 65,536 and fails up to d = 58",
+    paper=f"not in the paper; its band opens near d ≈ {HEAVY_OPENING['opens_near']} at n = {HEAVY_OPENING['n']:,} and fails "
+    f"up to d = {HEAVY_OPENING['fails_up_to']}",
     command=grid_command("opening_law"),
     rule="the opening at each n is the smallest grid d from which on every larger d has mean FRR(0.9) ≥ "
     f"{OPENS_AT} (BA, p = 2f); fit the slope of log(opening) against log n over the n that open and compare it with "
