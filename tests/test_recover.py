@@ -272,6 +272,8 @@ def test_pre_bias_held_at_zero_or_started_at_the_first_batchs_median(stacked):
 
 
 def test_a_pre_bias_other_than_learned_is_part_of_the_config_key_and_learned_is_not():
+    assert SAEConfig(tied=True).pre_bias == "learned" and SAEConfig(tied=False).pre_bias == "median"
+    assert SAEConfig.from_dict({"width": 8, "tied": False}).pre_bias == "learned"  # a key made before the setting
     learned = easy_config()
     assert "pre_bias" not in learned.to_dict()["sae"]
     median = dataclasses.replace(learned, sae=SAEConfig(width=256, pre_bias="median"))

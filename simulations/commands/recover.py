@@ -59,9 +59,9 @@ def register(parser) -> None:
                      "ba/gba as in the paper, false for the baselines as the field trains them)")
     sae.add_argument("--initial-scale", type=float, default=SAEConfig.initial_scale,
                      help="initial output scale a (tied) or decoder row norm (untied)")
-    sae.add_argument("--pre-bias", choices=PRE_BIASES, default=SAEConfig.pre_bias,
+    sae.add_argument("--pre-bias", choices=PRE_BIASES, default=argparse.SUPPRESS,
                      help="b_pre: learned from 0, learned from the first batch's geometric median (the field's TopK "
-                     "start), or held at zero")
+                     "start), or held at zero (default: median for an untied SAE, learned for a tied one)")
 
     method = parser.add_argument_group("method")
     method.add_argument("--method", choices=list(METHODS), default="ba", help="training method")
@@ -233,7 +233,7 @@ def config_from_args(args, features: np.ndarray | None) -> RecoverConfig:
     return RecoverConfig(
         model=model,
         sae=SAEConfig(width=args.width, tied=getattr(args, "tied", METHODS[args.method].tied_default),
-                      initial_scale=args.initial_scale, pre_bias=args.pre_bias),
+                      initial_scale=args.initial_scale, pre_bias=getattr(args, "pre_bias", None)),
         method=args.method,
         method_config=method_config,
         train=TrainConfig(

@@ -9,6 +9,7 @@ Untied (the field's):     x_hat = sum_m z_m d_m + b_pre,      projection_m = e_m
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -34,17 +35,34 @@ class SAEConfig:
     normalise_rows: bool = True
     """Keep the rows of W (tied) or of the decoder (untied) at unit norm after every step
     (the theory's spherical gradient steps); the magnitude then lives in a."""
-    pre_bias: str = "learned"
+    pre_bias: str | None = None
     """b_pre: 'learned' (starts at 0 and trains), 'median' (starts at the geometric median of the first
     training batch and trains, as dictionary_learning and sparsify start their TopK SAEs' b_dec) or
-    'zero' (held at 0: no pre-bias)."""
+    'zero' (held at 0: no pre-bias). None takes the parametrisation's: 'median' untied, as the field
+    trains it (learned from 0, an untied b_pre can drift far from the data and take the dictionary
+    with it: the `toy_untied` grid), 'learned' tied, the paper's SAE."""
 
     def __post_init__(self):
         check_int("width", self.width, 1)
         if not isinstance(self.tied, bool):
             raise ConfigError(f"tied: must be true or false, got {self.tied!r}")
         check_real("initial_scale", self.initial_scale, 0.0, low_open=True)
+        if self.pre_bias is None:
+            object.__setattr__(self, "pre_bias", "learned" if self.tied else "median")
         check_choice("pre_bias", self.pre_bias, PRE_BIASES)
+
+    def to_dict(self) -> dict:
+        """The settings, JSON-ready; 'pre_bias' only when it is not 'learned', so that runs made before
+        that setting existed keep the keys that hash this dict."""
+        settings = dataclasses.asdict(self)
+        if settings["pre_bias"] == "learned":
+            del settings["pre_bias"]
+        return settings
+
+    @classmethod
+    def from_dict(cls, settings: dict) -> "SAEConfig":
+        """Inverse of `to_dict`: a missing 'pre_bias' is 'learned'."""
+        return cls(**{"pre_bias": "learned", **settings})
 
 
 class SparseAutoencoder(nn.Module):

@@ -84,15 +84,11 @@ class RecoverConfig:
         check_int("eval_samples", self.eval_samples, 1)
 
     def to_dict(self) -> dict:
-        """Every setting, nested by part, JSON-ready ('data' only when it is not the planted model and
-        the SAE's 'pre_bias' only when it is not 'learned', so that runs made before those settings
-        keep the keys that hash this dict)."""
-        sae = dataclasses.asdict(self.sae)
-        if sae["pre_bias"] == SAEConfig.pre_bias:
-            del sae["pre_bias"]
+        """Every setting, nested by part, JSON-ready ('data' only when it is not the planted model,
+        so that planted runs keep the keys that hash this dict; the SAE's as `SAEConfig.to_dict`)."""
         settings = {
             "model": dataclasses.asdict(self.model),
-            "sae": sae,
+            "sae": self.sae.to_dict(),
             "method": self.method,
             "method_config": dataclasses.asdict(self.method_config),
             "train": dataclasses.asdict(self.train),
@@ -164,7 +160,7 @@ class RecoverConfig:
         tuples = lambda part: {k: _tuple(v) for k, v in part.items()}  # noqa: E731
         return cls(
             model=FeatureModel(**tuples(settings["model"])),
-            sae=SAEConfig(**settings["sae"]),
+            sae=SAEConfig.from_dict(settings["sae"]),
             method=settings["method"],
             method_config=METHODS[settings["method"]](**tuples(settings["method_config"])),
             train=TrainConfig(**settings["train"]),

@@ -86,7 +86,7 @@ class LLMRunConfig:
             "cache": self.cache,
             "method": self.method,
             "method_settings": dict(self.method_settings),
-            "sae": dataclasses.asdict(self.sae),
+            "sae": self.sae.to_dict(),
             "train": dataclasses.asdict(self.train),
             "seed": self.seed,
             "checkpoint_every": self.checkpoint_every,
@@ -96,7 +96,7 @@ class LLMRunConfig:
     @classmethod
     def from_dict(cls, settings: dict) -> "LLMRunConfig":
         settings = dict(settings)
-        settings["sae"] = SAEConfig(**settings["sae"])
+        settings["sae"] = SAEConfig.from_dict(settings["sae"])
         settings["train"] = TrainConfig(**settings["train"])
         return cls(**settings)
 
