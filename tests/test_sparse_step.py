@@ -88,7 +88,8 @@ def small_run(sparse: bool, activation="jumprelu", tied=True):
     model = FeatureModel(n=64, d=32, sparsity=2, seed=1)
     return RecoverConfig(
         model=model,
-        sae=SAEConfig(width=256, tied=tied),
+        # b_pre from 0 for both parametrisations: the step with a non-zero b_pre is compared above.
+        sae=SAEConfig(width=256, tied=tied, pre_bias="learned"),
         method="ba",
         method_config=BiasAdaptationConfig.single(2 * model.feature_frequency, activation=activation),
         train=TrainConfig(steps=150, batch_size=512, device="cpu", sparse_step=sparse, sparse_max_density=1.0, log_every=25),

@@ -39,8 +39,8 @@ class SAEConfig:
     """b_pre: 'learned' (starts at 0 and trains), 'median' (starts at the geometric median of the first
     training batch and trains, as dictionary_learning and sparsify start their TopK SAEs' b_dec) or
     'zero' (held at 0: no pre-bias). None takes the parametrisation's: 'median' untied, as the field
-    trains it (learned from 0, an untied b_pre can drift far from the data and take the dictionary
-    with it: the `toy_untied` grid), 'learned' tied, the paper's SAE."""
+    trains it, 'learned' tied, the paper's SAE. Learned from either start, an untied b_pre can drift far
+    from the data (the `toy_untied` grid)."""
 
     def __post_init__(self):
         check_int("width", self.width, 1)
