@@ -174,7 +174,7 @@ def opening_law(results: Path, out: Path) -> Path:
     opened = openings.dropna(subset=["opening"])
     below = opened["opening"] - opened["below"].fillna(opened["opening"])
     axes[1].errorbar(opened["n"], opened["opening"], yerr=[below, np.zeros(len(opened))], fmt="o", color="C0", capsize=3,
-                     label=f"measured opening (bar: down to the last failing grid d)")
+                     label="measured opening (bar: down to the last failing grid d)")
     try:
         longer = load_results(results, "opening_law_long")
     except MissingTable:
