@@ -96,3 +96,19 @@ def test_recovery_by_tiles_equals_the_definitions(width, monkeypatch):
     assert found.mcc == pytest.approx(exact_mcc, abs=1e-6)
     assert 0.1 < found.frr(0.9) < 1.0 and found.frr(0.9) == np.mean(best >= 0.9)
     np.testing.assert_allclose(recovery.best_cosines(features, neurons), best, atol=1e-6)
+
+
+@pytest.mark.parametrize("k", [1, 8, 40])
+def test_top_cosines_by_tiles_equal_the_whole_matrix_top_k(k, monkeypatch):
+    """Merged tile by tile (also when k exceeds a tile), the lists equal the whole matrix's top k."""
+    import torch
+
+    import simulations.engine.recovery as recovery
+
+    monkeypatch.setattr(recovery, "TILE", 32)
+    targets = torch.from_numpy(gaussian_features(70, 16, seed=4))
+    candidates = torch.from_numpy(gaussian_features(300, 16, seed=5))
+    values, indices = recovery.top_cosines(targets, candidates, k)
+    whole = (targets @ candidates.T).topk(k, dim=1)
+    torch.testing.assert_close(values, whole.values)
+    torch.testing.assert_close(indices, whole.indices)
