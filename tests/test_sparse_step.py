@@ -6,7 +6,7 @@ import torch
 
 import simulations.engine.step as sparse_step
 import simulations.engine.train as train_module
-from simulations.engine.methods.base import Projections, gather
+from simulations.engine.methods.base import Projections, gather, true_positions
 from simulations.engine.methods.batchtopk import BatchTopKConfig
 from simulations.engine.methods.bias_adaptation import BiasAdaptationConfig
 from simulations.engine.methods.jumprelu import JumpReLUConfig
@@ -272,3 +272,23 @@ def test_gather_by_blocks_of_neurons_finds_the_entries_of_the_whole_matrix_in_ro
     assert 0 < len(whole) < 0.1 * BATCH * WIDTH
     assert torch.equal(blocked.rows, whole.rows) and torch.equal(blocked.columns, whole.columns)
     torch.testing.assert_close(blocked.projections, whole.projections)
+
+
+@pytest.mark.parametrize("shape", [(16, 64), (7, 13), (1, 8), (40, 200)])
+@pytest.mark.parametrize("density", [0.0, 0.002, 0.3, 1.0])
+def test_true_positions_are_nonzeros_in_row_major_order(shape, density):
+    mask = torch.rand(shape, generator=torch.Generator().manual_seed(7)) < density
+    rows, columns = true_positions(mask)
+    expected_rows, expected_columns = mask.nonzero(as_tuple=True)
+    assert torch.equal(rows, expected_rows) and torch.equal(columns, expected_columns)
+
+
+def test_blocks_of_projections_are_written_into_reused_memory():
+    generator = torch.Generator().manual_seed(4)
+    centred, weight = torch.randn(100, D, generator=generator), torch.randn(WIDTH, D, generator=generator)
+    first = [block.data_ptr() for _, block in Projections(centred, weight, block_rows=30).neuron_blocks()]
+    second = [block.data_ptr() for _, block in Projections(centred, weight, block_rows=30).neuron_blocks()]
+    assert len(set(first)) == 1 and first == second
+    # The values are each block's own: the last block read equals its slice of the whole product.
+    *_, (start, block) = Projections(centred, weight, block_rows=30).neuron_blocks()
+    torch.testing.assert_close(block, weight[start:] @ centred.T)
