@@ -155,6 +155,30 @@ def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_table(uninterrupted,
     pd.testing.assert_frame_equal(results(grid_table(out)), results(expected))
 
 
+def test_a_point_killed_after_a_checkpoint_resumes_from_it_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    import simulations.experiments.recover as recover
+
+    spec = GridSpec.from_toml(write_spec(tmp_path, TINY.replace("seeds = [0, 1, 2]", "seeds = [0]").replace('["1f", "2f"]', '["2f"]')))
+    run_grid(spec, tmp_path / "whole", jobs=1, threads=1, progress=False)
+    real_save, saved_steps = recover.save_atomically, []
+
+    def killed_after_saving(state, path):
+        real_save(state, path)
+        saved_steps.append(state["step"])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(recover, "save_atomically", killed_after_saving)
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(spec, tmp_path / "killed", jobs=1, threads=1, progress=False)
+    (checkpoint,) = (tmp_path / "killed" / POINTS).glob("*.checkpoint.pt")
+    assert saved_steps == [20] and not list((tmp_path / "killed" / POINTS).glob("*.json"))
+    monkeypatch.setattr(recover, "save_atomically", real_save)
+    assert run_grid(spec, tmp_path / "killed", jobs=1, threads=1, progress=False)["ran"] == 1
+    assert not checkpoint.exists()
+    resumed, whole = grid_table(tmp_path / "killed"), grid_table(tmp_path / "whole")
+    pd.testing.assert_frame_equal(results(resumed), results(whole))
+
+
 def test_loky_workers_give_the_same_table(uninterrupted, tmp_path):
     spec_path, _, expected = uninterrupted
     run_grid(GridSpec.from_toml(spec_path), tmp_path / "loky", jobs=2, progress=False, stack=STACK)

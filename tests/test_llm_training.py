@@ -104,7 +104,7 @@ def test_train_run_resumes_after_a_crash_and_skips_when_done(tmp_path, monkeypat
                           sae=SAEConfig(width=64), train=TrainConfig(steps=50, batch_size=32, log_every=10, device="cpu"), checkpoint_every=20)
     train_run(config, tmp_path / "whole", progress=False)
 
-    real_save = llm_runs._atomic_save
+    real_save = llm_runs.save_atomically
     calls = []
 
     def crash_after_second(state, path):
@@ -113,11 +113,11 @@ def test_train_run_resumes_after_a_crash_and_skips_when_done(tmp_path, monkeypat
         if len(calls) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(llm_runs, "_atomic_save", crash_after_second)
+    monkeypatch.setattr(llm_runs, "save_atomically", crash_after_second)
     with pytest.raises(KeyboardInterrupt):
         train_run(config, tmp_path / "crashed", progress=False)
     assert (tmp_path / "crashed" / "checkpoint.pt").is_file() and not (tmp_path / "crashed" / "done.json").exists()
-    monkeypatch.setattr(llm_runs, "_atomic_save", real_save)
+    monkeypatch.setattr(llm_runs, "save_atomically", real_save)
     train_run(config, tmp_path / "crashed", progress=False)
     whole, resumed = load_file(str(tmp_path / "whole" / "sae.safetensors")), load_file(str(tmp_path / "crashed" / "sae.safetensors"))
     assert all(np.array_equal(whole[name], resumed[name]) for name in whole)

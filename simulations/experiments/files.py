@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -34,6 +35,31 @@ def write_atomically(path: Path, text: str) -> None:
     """Write `text` to `path` via a temporary file in the same directory and os.replace."""
     with atomic_path(path) as temporary:
         temporary.write_text(text)
+
+
+def save_atomically(state: dict, path: Path) -> None:
+    """torch.save `state` to `path` atomically (a training checkpoint)."""
+    import torch
+
+    with atomic_path(path) as partial:
+        torch.save(state, partial)
+
+
+def read_checkpoint(path: Path, device) -> dict | None:
+    """The checkpoint at `path`, or None when there is none; one that does not load is moved aside
+    (`NAME.unreadable.pt`, named on stderr) and the run starts again from step 0."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except Exception as error:  # a truncated or foreign file: torch raises several error types
+        aside = path.with_name(f"{path.stem}.unreadable{path.suffix}")
+        os.replace(path, aside)
+        print(f"{path}: does not load ({type(error).__name__}); moved to {aside.name}, training starts again", file=sys.stderr)
+        return None
 
 
 def _check_creatable(flag: str, path: Path) -> None:

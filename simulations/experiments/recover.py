@@ -28,9 +28,9 @@ from simulations.engine.recovery import best_cosines
 from simulations.engine.sae import SAEConfig, SparseAutoencoder
 from simulations.engine.stack import MethodStack
 from simulations.engine.step import BLOCK_ELEMENTS
-from simulations.engine.train import DEFAULT_LEARNING_RATE, TrainConfig, resolve_device, train
+from simulations.engine.train import DEFAULT_LEARNING_RATE, Checkpoint, TrainConfig, resolve_device, train
 from simulations.experiments.export import sae_tensors
-from simulations.experiments.files import atomic_path, write_atomically
+from simulations.experiments.files import atomic_path, read_checkpoint, save_atomically, write_atomically
 from simulations.experiments.worlds import PLANTED, WorldData, is_world, parse_data, saelens_evaluation, world_summary
 from theory.metrics import DENSE_MATCHING_ENTRIES
 from theory.model import FeatureModel, SyntheticData
@@ -200,9 +200,9 @@ class RecoverResult:
     history: pd.DataFrame
 
 
-def torch_batches(data: SyntheticData, batch_size: int, seed: int, device: torch.device):
-    """The synthetic stream as float32 tensors on `device`."""
-    for batch in data.stream(batch_size, seed):
+def torch_batches(data: SyntheticData, batch_size: int, seed: int, device: torch.device, start: int = 0):
+    """The synthetic stream as float32 tensors on `device`, from batch `start` on."""
+    for batch in data.stream(batch_size, seed, start):
         yield torch.from_numpy(batch.x).to(device)
 
 
@@ -241,17 +241,42 @@ def finish(config, data, sae, method, initial_decoder, history, started: float) 
     return result
 
 
-def run(config: RecoverConfig, features: np.ndarray | None = None, progress: bool = False) -> RecoverResult:
-    """Train one SAE on one synthetic instance and evaluate its recovery of the planted features."""
+CHECKPOINTS_PER_RUN = 10
+"""A checkpointed run saves its state about this many times (at history rows)."""
+
+
+def checkpoint_interval(train_config: TrainConfig) -> int:
+    """Steps between a checkpointed run's saved states: the first multiple of log_every from a tenth of the run."""
+    logs = -(-train_config.steps // (CHECKPOINTS_PER_RUN * train_config.log_every))
+    return train_config.log_every * max(1, logs)
+
+
+def run(
+    config: RecoverConfig, features: np.ndarray | None = None, progress: bool = False, checkpoint: str | Path | None = None
+) -> RecoverResult:
+    """Train one SAE on one synthetic instance and evaluate its recovery of the planted features.
+
+    With `checkpoint` (a file path) the training state is saved there `CHECKPOINTS_PER_RUN` times,
+    and a run that finds a state there resumes from it with the same result as an uninterrupted
+    one (the stream's batch i depends on (seed, i) alone); its wall seconds are the resumed part's.
+    The caller removes the file once the result is stored.
+    """
     started = time.perf_counter()
     data, sae, method, initial_decoder = prepare(config, features)
+    saver = None
+    start = 0
+    if checkpoint is not None:
+        state = read_checkpoint(checkpoint, sae.weight.device)
+        start = 0 if state is None else int(state["step"])
+        saver = Checkpoint(checkpoint_interval(config.train), lambda state: save_atomically(state, checkpoint), state)
     history = train(
         sae,
         method,
-        torch_batches(data, config.train.batch_size, config.seed, sae.weight.device),
+        torch_batches(data, config.train.batch_size, config.seed, sae.weight.device, start),
         config.train,
         features=data.features,
         progress=progress,
+        checkpoint=saver,
     )
     return finish(config, data, sae, method, initial_decoder, history, started)
 

@@ -1,8 +1,9 @@
 """Running a grid: every unfinished point of a spec, resumably, in this process, on loky workers or on Dask.
 
 A finished point is written atomically to `DIR/points/KEY.json` (KEY hashes the point's full
-resolved config), so re-running a spec skips what is done and a killed run loses only the
-groups in flight. Points of equal shapes may train in stacked groups (`--stack`).
+resolved config), so re-running a spec skips what is done; a point trained alone saves its
+training state beside it (`KEY.checkpoint.pt`) ten times a run, so a killed run loses at most a
+tenth of the points in flight (a stacked group, all of its own). Points of equal shapes may train in stacked groups (`--stack`).
 """
 
 from __future__ import annotations
@@ -27,11 +28,15 @@ from theory.conditions import check_data
 from theory.validation import ConfigError
 
 
-def run_points(points: list[tuple[dict, dict]], conditions_samples: int, threads: int | None, progress: bool = False) -> list[dict]:
+def run_points(
+    points: list[tuple[dict, dict]], conditions_samples: int, threads: int | None, progress: bool = False,
+    checkpoints: str | None = None,
+) -> list[dict]:
     """Train a group of points and measure each: metrics, its instance's conditions, the theorem's columns.
 
     `points` are (settings, config dict) pairs; a group of more than one is trained as one stacked
-    computation (`recover.run_stack`), a single point by `recover.run`.
+    computation (`recover.run_stack`), a single point by `recover.run`, which saves its training
+    state in the folder `checkpoints` (`checkpoint_path`) when given and resumes from it.
     Runs in a worker process (loky, dask) or in the calling one (where `progress` shows the training steps);
     returns JSON-ready records.
     """
@@ -40,7 +45,11 @@ def run_points(points: list[tuple[dict, dict]], conditions_samples: int, threads
     if threads is not None:
         torch.set_num_threads(threads)
     configs = [RecoverConfig.from_dict(config_dict) for _, config_dict in points]
-    results = run_stack(configs, progress) if len(configs) > 1 else [run(configs[0], progress=progress)]
+    if len(configs) > 1:
+        results = run_stack(configs, progress)
+    else:
+        checkpoint = None if checkpoints is None else checkpoint_path(Path(checkpoints), config_key(configs[0]))
+        results = [run(configs[0], progress=progress, checkpoint=checkpoint)]
     conditions_of: dict = {}  # points on the same instance and seed share their conditions
     records = []
     for (settings, config_dict), config, result in zip(points, configs, results):
@@ -49,6 +58,11 @@ def run_points(points: list[tuple[dict, dict]], conditions_samples: int, threads
             conditions_of[instance] = check_data(result.data, num_samples=conditions_samples, seed=config.seed).as_columns()
         records.append(point_record(settings, config_dict, config, result, conditions_of[instance], len(configs)))
     return records
+
+
+def checkpoint_path(folder: Path, key: str) -> Path:
+    """Where a point saves its training state while it runs (beside the finished points' records)."""
+    return folder / f"{key}.checkpoint.pt"
 
 
 def point_record(settings, config_dict, config, result, conditions: dict, stacked: int) -> dict:
@@ -281,7 +295,8 @@ def run_grid(
     unfinished = {point.key for point in todo}
     groups = [group for group in point_groups(points, stack) if any(point.key in unfinished for point in group)]
     tasks = (
-        delayed(run_points)([(point.settings, point.config.to_dict()) for point in group], spec.conditions_samples, point_threads)
+        delayed(run_points)([(point.settings, point.config.to_dict()) for point in group], spec.conditions_samples,
+                            point_threads, checkpoints=str(out / POINTS))
         for group in groups
     )
     bar = progress_bar(total=len(points), initial=counts["skipped"] + counts["reused"], desc=spec.name, unit="points", enabled=progress)
@@ -290,6 +305,7 @@ def run_grid(
         for record in records:
             if record["key"] in unfinished:
                 write_atomically(out / POINTS / f"{record['key']}.json", json.dumps(record) + "\n")
+                checkpoint_path(out / POINTS, record["key"]).unlink(missing_ok=True)
                 counts["ran"] += 1
                 bar.update(1)
 

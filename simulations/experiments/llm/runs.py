@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from simulations.experiments.llm.data import load_split, shuffled_batches
 from simulations.engine.methods import METHODS, MethodConfig
 from simulations.engine.methods.bias_adaptation import TARGETS_WITHOUT_F
 from simulations.experiments.export import sae_tensors
-from simulations.experiments.files import atomic_path, read_json, write_atomically
+from simulations.experiments.files import atomic_path, read_checkpoint, read_json, save_atomically, write_atomically
 from simulations.engine.sae import SAEConfig, SparseAutoencoder
 from simulations.engine.train import Checkpoint, TrainConfig, resolve_device, train
 from theory.validation import MAX_SEED, ConfigError, check_choice, check_int
@@ -108,25 +106,6 @@ def build(config: LLMRunConfig, d: int, device) -> tuple[SparseAutoencoder, obje
     return sae, config.method_config().build(config.sae.width, device)
 
 
-def _atomic_save(state: dict, path: Path) -> None:
-    with atomic_path(path) as partial:
-        torch.save(state, partial)
-
-
-def read_checkpoint(path: Path, device) -> dict | None:
-    """The checkpoint at `path`, or None when there is none; one that does not load is moved aside
-    (`checkpoint.unreadable.pt`, named on stderr) and the run starts again from step 0."""
-    if not path.is_file():
-        return None
-    try:
-        return torch.load(path, map_location=device, weights_only=False)
-    except Exception as error:  # a truncated or foreign file: torch raises several error types
-        aside = path.with_name(f"{path.stem}.unreadable{path.suffix}")
-        os.replace(path, aside)
-        print(f"{path}: does not load ({type(error).__name__}); moved to {aside.name}, training starts again", file=sys.stderr)
-        return None
-
-
 def train_run(config: LLMRunConfig, run_dir: str | Path, progress: bool = True) -> Path:
     """Train (or resume, or skip when done) the run in `run_dir`; returns `run_dir`."""
     run_dir = Path(run_dir)
@@ -151,11 +130,11 @@ def train_run(config: LLMRunConfig, run_dir: str | Path, progress: bool = True) 
         batches,
         config.train,
         progress=progress,
-        checkpoint=Checkpoint(config.checkpoint_every, lambda s: _atomic_save(s, checkpoint_path), state),
+        checkpoint=Checkpoint(config.checkpoint_every, lambda s: save_atomically(s, checkpoint_path), state),
     )
     with atomic_path(run_dir / "sae.safetensors") as path:
         save_file(sae_tensors(sae, method), str(path))
-    _atomic_save({"sae": sae.state_dict(), "method": method.state_dict()}, run_dir / "final.pt")
+    save_atomically({"sae": sae.state_dict(), "method": method.state_dict()}, run_dir / "final.pt")
     write_atomically(run_dir / "history.csv", history.to_csv(index=False))
     # Written last: a run with done.json has every other file whole.
     write_atomically(run_dir / "done.json", json.dumps({"steps": config.train.steps, "d": data.d, "mean_norm": data.mean_norm}) + "\n")
