@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -57,12 +57,14 @@ def recording_loads() -> Iterator[list[dict]]:
 
 
 def load_results(results: str | Path, name: str, table: str = "results.csv",
-                 methods: tuple[str, ...] | None = None, where: dict | None = None) -> pd.DataFrame:
+                 methods: tuple[str, ...] | None = None, where: dict | None = None,
+                 rows: Callable[[pd.DataFrame], pd.Series] | None = None) -> pd.DataFrame:
     """The committed table `results/NAME/TABLE`; raises MissingTable naming the command that makes it.
     A grid's results table must carry the convergence columns (`settled`: True/False for BA/GBA points,
-    empty for the others). `methods` keeps only those methods' rows, and `where` ({column: value or
+    empty for the others). `methods` keeps only those methods' rows, `where` ({column: value or
     tuple of values}) only the rows with one of those values (numbers compared to float precision) or
-    none (a setting of other methods), so that a reader of some rows is judged by their settledness alone."""
+    none (a setting of other methods), and `rows` (a function of the table) the rows where it is true,
+    so that a reader of some rows is judged by their settledness alone."""
     path = Path(results) / name / table
     if not path.is_file():
         raise MissingTable(f"{path} is missing: run `gba grid run simulations/specs/{name}.toml --out {Path(results) / name}`")
@@ -81,6 +83,8 @@ def load_results(results: str | Path, name: str, table: str = "results.csv",
             else:
                 keep |= frame[column].eq(value)
         frame = frame[keep].reset_index(drop=True)
+    if rows is not None:
+        frame = frame[rows(frame).to_numpy(dtype=bool)].reset_index(drop=True)
     if _loads is not None:
         judged = frame["settled"].dropna().astype(str)
         _loads.append({"grid": name, "points": len(judged), "unsettled": int((judged != "True").sum())})
@@ -139,9 +143,9 @@ def toy_table(results: Path, methods: tuple[str, ...] | None = None) -> pd.DataF
     return summary.reindex([label for label in TOY_FRR if label in summary.index])
 
 
-def frontier_table(results: Path) -> pd.DataFrame:
-    """Frontier grid rows with a label, the swept value and FVU = 1 - explained variance."""
-    table = load_results(results, "frontier").copy()  # a wide CSV reads fragmented
+def frontier_table(results: Path, methods: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """Frontier grid rows (of `methods`, or all) with a label, the swept value and FVU = 1 - explained variance."""
+    table = load_results(results, "frontier", methods=methods).copy()  # a wide CSV reads fragmented
     return table.assign(label=table.apply(method_label, axis=1), fvu=1 - table["explained_variance"])
 
 

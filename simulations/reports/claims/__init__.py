@@ -24,7 +24,7 @@ from simulations.reports.tables import RESULTS, MissingTable, recording_loads
 VERDICTS = ("reproduced", "partly", "not reproduced", "not testable here")
 
 NO_VERDICT = "no verdict: unsettled points"
-"""What a claim gets instead of its verdict when a table it reads holds an unsettled BA/GBA point."""
+"""What a claim gets instead of its verdict when a row it reads from a table is an unsettled BA/GBA point."""
 
 
 @dataclass(frozen=True)
@@ -132,8 +132,9 @@ def render(results: Path, rules: tuple[tuple[str, str], ...] = ()) -> str:
         rows.append(f"| {item.number} | {_cell(item.claim)} | {_cell(item.paper)} | `{_cell(item.command)}` | "
                     f"{_cell(measured)}{figure} | {_cell(item.rule)} | {verdict} |")
     which = "committed " if Path(results).resolve() == RESULTS.resolve() else ""
-    rows_of_rules = [*rules, (f"A claim whose tables hold an unsettled point gets \"{NO_VERDICT}\" instead of a verdict; its "
-                              "measurement is shown as is and its note is left out.", "every claim read from grid tables")]
+    rows_of_rules = [*rules, (f"A claim that reads an unsettled point (a row of a grid table it loads, after its filters by method "
+                              f"and setting) gets \"{NO_VERDICT}\" instead of a verdict; its measurement is shown as is and "
+                              "its note is left out.", "every claim read from grid tables")]
     header = HEADER.format(which=which, results=Path(results).as_posix().rstrip("/"),
                            rules="\n".join(f"| {_cell(rule)} | {_cell(scope)} |" for rule, scope in rows_of_rules))
     lines = [header, "| # | claim | paper | command | measured here | verdict rule | verdict |", "|---|---|---|---|---|---|---|", *rows]

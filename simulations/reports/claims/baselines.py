@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -95,18 +96,23 @@ def sensitivity_scale(table: pd.DataFrame) -> str:
     return f"{scale_text(table)}, frequency decay {'/'.join(f'{decay:g}' for decay in sorted(table['frequency_decay'].unique()))}, {table['seed'].nunique()} seeds"
 
 
-def gba_points(results: Path) -> pd.DataFrame:
-    table = load_results(results, "gba_sensitivity").copy()  # a wide CSV reads fragmented
+def relative_targets(table: pd.DataFrame) -> pd.DataFrame:
+    """The sensitivity grid's columns htf and ltf (targets / f) and K (1 for BA)."""
     f = table["feature_frequency"]
     groups = table["groups"].where(table["method"] == "gba", 1)
-    return table.assign(htf=table["highest_target"] / f, ltf=table["lowest_target"] / f, K=groups,
-                        fvu=1 - table["explained_variance"])
+    return pd.DataFrame({"htf": table["highest_target"] / f, "ltf": table["lowest_target"] / f, "K": groups})
+
+
+def gba_points(results: Path, rows: Callable[[pd.DataFrame], pd.Series]) -> pd.DataFrame:
+    """The sensitivity grid's points where `rows` (a function of htf, ltf and K) holds, with those columns and FVU."""
+    table = load_results(results, "gba_sensitivity", rows=lambda frame: rows(relative_targets(frame))).copy()
+    return pd.concat([table, relative_targets(table)], axis=1).assign(fvu=1 - table["explained_variance"])
 
 
 def topk_frontier_fvu(results: Path, l0: float) -> float:
     """FVU of the (uniform-frequency) TopK sweep interpolated at `l0` (log L0), mean over seeds."""
-    table = frontier_table(results)
-    sweep = table[(table["method"] == "topk") & (table["frequency_decay"] == 0)].groupby("k")[["l0", "fvu"]].mean()
+    table = frontier_table(results, methods=("topk",))
+    sweep = table[table["frequency_decay"] == 0].groupby("k")[["l0", "fvu"]].mean()
     sweep = sweep.sort_values("l0")
     return float(np.interp(np.log(l0), np.log(sweep["l0"]), sweep["fvu"]))
 
@@ -121,13 +127,12 @@ def topk_frontier_fvu(results: Path, l0: float) -> float:
     figure="frontier",
 )
 def on_frontier(results: Path) -> Measurement:
-    table = gba_points(results)
-    points = table[np.isclose(table["htf"], 4) & (np.isclose(table["ltf"], 0.25) | (table["K"] == 1))]
+    points = gba_points(results, lambda t: np.isclose(t["htf"], 4) & (np.isclose(t["ltf"], 0.25) | (t["K"] == 1)))
     gaps = {}
     for groups, part in points.groupby("K"):
         l0, fvu = part["l0"].mean(), part["fvu"].mean()
         gaps[int(groups)] = (l0, fvu, fvu - topk_frontier_fvu(results, l0))
-    measured = (f"{sensitivity_scale(table)}, HTF = 4f: FVU above the TopK sweep at the same L0: "
+    measured = (f"{sensitivity_scale(points)}, HTF = 4f: FVU above the TopK sweep at the same L0: "
                 + "; ".join(f"K = {k}: L0 {l0:.1f}, FVU {fvu:.3f} ({gap:+.3f})" for k, (l0, fvu, gap) in gaps.items()))
     within = [gap <= ON_FRONTIER for _, _, gap in gaps.values()]
     verdict = "reproduced" if all(within) else ("partly" if any(within) else "not reproduced")
@@ -226,11 +231,10 @@ def world_paper_targets(results: Path) -> Measurement:
     figure="sensitivity",
 )
 def groups_saturate(results: Path) -> Measurement:
-    table = gba_points(results)
-    default = table[np.isclose(table["htf"], 4) & np.isclose(table["ltf"], 0.25)]
+    default = gba_points(results, lambda t: np.isclose(t["htf"], 4) & np.isclose(t["ltf"], 0.25) & t["K"].isin([10, 20]))
     by_k = default.groupby("K")[["normalised_mse", "fvu", "l0", "frr_0.9"]].mean()
     change = abs(by_k.loc[20, "normalised_mse"] - by_k.loc[10, "normalised_mse"])
-    measured = (f"{sensitivity_scale(table)}, HTF = 4f, LTF = f/4: normalised MSE K = 10: {by_k.loc[10, 'normalised_mse']:.4f}, "
+    measured = (f"{sensitivity_scale(default)}, HTF = 4f, LTF = f/4: normalised MSE K = 10: {by_k.loc[10, 'normalised_mse']:.4f}, "
                 f"K = 20: {by_k.loc[20, 'normalised_mse']:.4f} (Δ = {change:.4f}); FRR(0.9) {by_k.loc[10, 'frr_0.9']:.2f} → "
                 f"{by_k.loc[20, 'frr_0.9']:.2f}; L0 {by_k.loc[10, 'l0']:.1f} → {by_k.loc[20, 'l0']:.1f}")
     return Measurement(measured, "reproduced" if change <= GROUPS_SATURATE else "not reproduced",
@@ -247,10 +251,10 @@ def groups_saturate(results: Path) -> Measurement:
     figure="sensitivity",
 )
 def lower_ltf(results: Path) -> Measurement:
-    table = gba_points(results)
-    sweep = table[np.isclose(table["htf"], 4) & (table["K"] == 10)].groupby("ltf")[["l0", "normalised_mse", "frr_0.9"]].mean()
+    points = gba_points(results, lambda t: np.isclose(t["htf"], 4) & (t["K"] == 10))
+    sweep = points.groupby("ltf")[["l0", "normalised_mse", "frr_0.9"]].mean()
     sweep = sweep.sort_index(ascending=False)
-    measured = f"{sensitivity_scale(table)}, HTF = 4f, K = 10: " + "; ".join(
+    measured = f"{sensitivity_scale(points)}, HTF = 4f, K = 10: " + "; ".join(
         f"LTF = {ltf:g}f: L0 {row['l0']:.2f}, normalised MSE {row['normalised_mse']:.4f}, FRR(0.9) {row['frr_0.9']:.2f}"
         for ltf, row in sweep.iterrows())
     sparser = bool(np.all(np.diff(sweep["l0"].to_numpy()) < 0))
