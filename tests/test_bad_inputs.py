@@ -123,6 +123,7 @@ CASES = [
     (["grid", "run", "{tmp}/spec.toml", "--out", "{tmp}/out", "--jobs", "0"], "jobs: must be an integer >= 1, got 0"),
     (["grid", "run", "{tmp}/spec.toml", "--out", "{tmp}/out", "--stack", "0"], "stack: must be an integer >= 1, got 0"),
     (["grid", "run", "{tmp}/spec.toml", "--out", "{tmp}/out", "--threads", "0"], "threads: must be an integer >= 1, got 0"),
+    (["grid", "run", "{tmp}/spec.toml", "--out", "{tmp}/out", "--time-limit", "-1"], "time_limit: must be a number of seconds >= 0, got -1.0"),
     (["grid", "run", "{tmp}/spec.toml", "--out", "{tmp}/out", "--backend", "dask"], "scheduler: --backend dask needs --scheduler"),
     (["grid", "run", "{tmp}/spec.toml", "--out", "{tmp}/out", "--reuse", "{tmp}/nowhere"], "reuse: .* holds no grid points"),
     (["grid", "table", "{tmp}/full"], "has no grid.json"),

@@ -91,7 +91,7 @@ def uninterrupted(tmp_path_factory):
     spec_path = write_spec(out)
     # Stacks of 2 (3 groups), so that a kill can land between groups.
     counts = run_grid(GridSpec.from_toml(spec_path), out / "grid", jobs=1, threads=1, progress=False, stack=STACK)
-    assert counts == {"total": 6, "skipped": 0, "reused": 0, "ran": 6}
+    assert counts == {"total": 6, "skipped": 0, "reused": 0, "ran": 6, "left": 0}
     return spec_path, out / "grid", grid_table(out / "grid")
 
 
@@ -115,7 +115,7 @@ def test_table_has_settings_metrics_conditions_theory_and_provenance(uninterrupt
 def test_rerun_skips_finished_points(uninterrupted):
     spec_path, out, _ = uninterrupted
     counts = run_grid(GridSpec.from_toml(spec_path), out, jobs=1, progress=False, stack=STACK)
-    assert counts == {"total": 6, "skipped": 6, "reused": 0, "ran": 0}
+    assert counts == {"total": 6, "skipped": 6, "reused": 0, "ran": 0, "left": 0}
 
 
 def test_points_of_another_grid_with_the_same_config_are_reused(uninterrupted, tmp_path):
@@ -123,7 +123,7 @@ def test_points_of_another_grid_with_the_same_config_are_reused(uninterrupted, t
     # Same points written differently ("2f" -> its value), plus one new point (3f).
     other = write_spec(tmp_path, TINY.replace('["1f", "2f"]', '[0.125, 0.25, "3f"]'), "other.toml")
     counts = run_grid(GridSpec.from_toml(other), tmp_path / "other", jobs=1, threads=1, progress=False, reuse=(out,))
-    assert counts == {"total": 9, "skipped": 0, "reused": 6, "ran": 3}
+    assert counts == {"total": 9, "skipped": 0, "reused": 6, "ran": 3, "left": 0}
     table = grid_table(tmp_path / "other")
     assert set(table["axis_target_frequency"]) == {"0.125", "0.25", "3f"}
     # A narrower spec run into the same directory tabulates only its own points.
@@ -177,6 +177,24 @@ def test_a_point_killed_after_a_checkpoint_resumes_from_it_to_the_uninterrupted_
     assert not checkpoint.exists()
     resumed, whole = grid_table(tmp_path / "killed"), grid_table(tmp_path / "whole")
     pd.testing.assert_frame_equal(results(resumed), results(whole))
+
+
+def test_a_time_limit_starts_no_group_after_it_and_a_rerun_continues(uninterrupted, tmp_path, monkeypatch, capsys):
+    import simulations.experiments.grid.runner as runner
+
+    spec_path, _, expected = uninterrupted
+    spec, out = GridSpec.from_toml(spec_path), tmp_path / "limited"
+    # The clock reads 0 when the run starts and before the first group, then 100 s: one group of 2 runs.
+    readings = iter([0.0, 0.0])
+    monkeypatch.setattr(runner.time, "monotonic", lambda: next(readings, 100.0))
+    counts = run_grid(spec, out, jobs=1, threads=1, progress=False, stack=STACK, time_limit=50)
+    assert counts == {"total": 6, "skipped": 0, "reused": 0, "ran": STACK, "left": 6 - STACK}
+    monkeypatch.undo()
+    assert main(["grid", "run", str(spec_path), "--out", str(out), "--stack", str(STACK), "--threads", "1",
+                 "--quiet", "--time-limit", "0"]) == 0
+    assert f"{6 - STACK} left at the time limit" in capsys.readouterr().out
+    assert run_grid(spec, out, jobs=1, threads=1, progress=False, stack=STACK)["ran"] == 6 - STACK
+    pd.testing.assert_frame_equal(results(grid_table(out)), results(expected))
 
 
 def test_loky_workers_give_the_same_table(uninterrupted, tmp_path):

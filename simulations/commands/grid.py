@@ -30,6 +30,9 @@ def register(parser) -> None:
     run.add_argument("--stack", type=int, default=1,
                      help="up to this many points of equal shapes train as one batched computation (for GPUs: "
                      "on the 2-core CPU it measured no faster than one point per worker, see `gba bench`); 1 = each alone")
+    run.add_argument("--time-limit", type=float, default=argparse.SUPPRESS, metavar="SECONDS",
+                     help="start no group of points after this many seconds (those in flight finish); run again to "
+                     "continue (default: none)")
     run.add_argument("--no-table", action="store_true", help="do not write results.csv/.parquet at the end")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(handler=handle_run)
@@ -53,9 +56,9 @@ def handle_run(args) -> int:
     spec = GridSpec.from_toml(args.spec)
     counts = run_grid(spec, args.out, jobs=args.jobs, backend=args.backend, scheduler=getattr(args, "scheduler", None),
                       threads=getattr(args, "threads", None), progress=not args.quiet, reuse=tuple(args.reuse),
-                      stack=args.stack)
+                      stack=args.stack, time_limit=getattr(args, "time_limit", None))
     print(f"{spec.name}: {counts['total']} points, {counts['skipped']} already done, {counts['reused']} reused, "
-          f"{counts['ran']} ran")
+          f"{counts['ran']} ran" + (f", {counts['left']} left at the time limit (run again to continue)" if counts["left"] else ""))
     if not args.no_table:
         csv, _, _ = write_table(args.out)
         print(f"table: {csv}")

@@ -15,6 +15,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -230,6 +231,7 @@ def run_grid(
     progress: bool = True,
     reuse: tuple[str | Path, ...] = (),
     stack: int = 1,
+    time_limit: float | None = None,
 ) -> dict:
     """Run every unfinished point of `spec`, writing each to `out/points/KEY.json` as it finishes.
 
@@ -242,8 +244,11 @@ def run_grid(
     trained whole and its unfinished points are written.
     Points already finished under a directory in `reuse` (other grids' outputs) are copied
     instead of re-run: equal keys mean equal configs, hence equal results.
-    Returns counts: total, skipped (already done), reused, ran.
+    With `time_limit` (seconds) no group starts once that much time has passed (the groups in
+    flight finish), so a run fits a lease of a machine; running the spec again continues it.
+    Returns counts: total, skipped (already done), reused, ran, left (not started).
     """
+    started = time.monotonic()
     from joblib import Parallel, delayed, parallel_config
 
     if backend not in ("loky", "dask"):
@@ -252,6 +257,9 @@ def run_grid(
         raise ConfigError(f"jobs: must be an integer >= 1, got {jobs!r}")
     if not isinstance(stack, int) or stack < 1:
         raise ConfigError(f"stack: must be an integer >= 1, got {stack!r}")
+    if time_limit is not None and (isinstance(time_limit, bool) or not isinstance(time_limit, (int, float))
+                                   or not time_limit >= 0):
+        raise ConfigError(f"time_limit: must be a number of seconds >= 0, got {time_limit!r}")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ConfigError(f"threads: must be an integer >= 1, got {threads!r}")
     if backend == "dask" and not scheduler:
@@ -278,7 +286,7 @@ def run_grid(
     write_atomically(out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
     done = finished_keys(out, repair=True)
     todo = [point for point in points if point.key not in done]
-    counts = {"total": len(points), "skipped": len(points) - len(todo), "reused": 0, "ran": 0}
+    counts = {"total": len(points), "skipped": len(points) - len(todo), "reused": 0, "ran": 0, "left": 0}
     for point in list(todo):
         record = next(filter(None, (read_record(Path(d) / POINTS / f"{point.key}.json") for d in reuse)), None)
         if record is not None:
@@ -294,11 +302,15 @@ def run_grid(
     point_threads = threads if jobs == 1 and backend == "loky" else 1
     unfinished = {point.key for point in todo}
     groups = [group for group in point_groups(points, stack) if any(point.key in unfinished for point in group)]
-    tasks = (
-        delayed(run_points)([(point.settings, point.config.to_dict()) for point in group], spec.conditions_samples,
-                            point_threads, checkpoints=str(out / POINTS))
-        for group in groups
-    )
+
+    def tasks():
+        for number, group in enumerate(groups):
+            if time_limit is not None and time.monotonic() - started >= time_limit:
+                counts["left"] = sum(point.key in unfinished for later in groups[number:] for point in later)
+                return
+            yield delayed(run_points)([(point.settings, point.config.to_dict()) for point in group], spec.conditions_samples,
+                                      point_threads, checkpoints=str(out / POINTS))
+
     bar = progress_bar(total=len(points), initial=counts["skipped"] + counts["reused"], desc=spec.name, unit="points", enabled=progress)
 
     def store(records: list[dict]) -> None:
@@ -312,14 +324,14 @@ def run_grid(
     try:
         if backend == "dask":
             with client, parallel_config(backend="dask"):
-                for record in Parallel(n_jobs=jobs, return_as="generator_unordered")(tasks):
+                for record in Parallel(n_jobs=jobs, return_as="generator_unordered")(tasks()):
                     store(record)
         elif jobs == 1:
-            for task in tasks:
+            for task in tasks():
                 function, args, kwargs = task
                 store(function(*args, **kwargs, progress=progress))
         else:
-            for record in Parallel(n_jobs=jobs, backend="loky", return_as="generator_unordered")(tasks):
+            for record in Parallel(n_jobs=jobs, backend="loky", return_as="generator_unordered")(tasks()):
                 store(record)
     finally:
         bar.close()
