@@ -299,3 +299,20 @@ def test_bf16_encoder_matmuls_recover_as_fp32_does():
     assert abs(reduced["frr_0.9"] - reference["frr_0.9"]) <= 2 / 64, (reference, reduced)
     assert 0 < abs(reduced["mean_max_cosine"] - reference["mean_max_cosine"]) <= 0.005  # bf16 did change the run
     assert reduced["l0"] == pytest.approx(reference["l0"], rel=0.1)
+
+
+def test_the_evaluation_says_when_b_pre_has_taken_up_a_feature():
+    from simulations.engine.evaluate import evaluate
+
+    result = run(dataclasses.replace(easy_config(0), sae=SAEConfig(width=256, tied=False),
+                                     train=TrainConfig(steps=5, batch_size=256, device="cpu")))
+    features = result.data.features
+    batches = lambda: [torch.from_numpy(result.data.sample(256, np.random.default_rng(1)).x)]  # noqa: E731
+    unit = features[3] / np.linalg.norm(features[3])
+    with torch.no_grad():
+        result.sae.pre_bias.copy_(torch.from_numpy(0.7 * unit).float())
+    taken = evaluate(result.sae, result.method, batches(), features=features).metrics
+    assert taken["pre_bias_feature_cosine"] == pytest.approx(1.0, abs=1e-6) and taken["pre_bias_norm"] == pytest.approx(0.7)
+    with torch.no_grad():
+        result.sae.pre_bias.zero_()
+    assert np.isnan(evaluate(result.sae, result.method, batches(), features=features).metrics["pre_bias_feature_cosine"])

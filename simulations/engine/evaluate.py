@@ -106,6 +106,11 @@ def evaluate(
     norms = float(pre_bias.norm() * mean_input.norm())
     metrics["pre_bias_norm"] = float(pre_bias.norm())
     metrics["pre_bias_mean_cosine"] = float(pre_bias @ mean_input) / norms if norms > 0 else float("nan")
+    if features is not None:
+        # Whether b_pre has taken up a feature (it then fires in every reconstruction).
+        unit_features = features / np.linalg.norm(features, axis=1, keepdims=True)
+        norm = float(pre_bias.norm())
+        metrics["pre_bias_feature_cosine"] = float((unit_features @ pre_bias.numpy()).max()) / norm if norm > 0 else float("nan")
     frequency64 = frequency.numpy().astype(np.float64)
     live = frequency64 > 0
     metrics["median_live_frequency"] = float(np.median(frequency64[live])) if live.any() else 0.0
