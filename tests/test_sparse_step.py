@@ -292,3 +292,22 @@ def test_blocks_of_projections_are_written_into_reused_memory():
     # The values are each block's own: the last block read equals its slice of the whole product.
     *_, (start, block) = Projections(centred, weight, block_rows=30).neuron_blocks()
     torch.testing.assert_close(block, weight[start:] @ centred.T)
+
+
+def test_threads_write_their_blocks_into_memory_of_their_own():
+    import threading
+
+    generator = torch.Generator().manual_seed(4)
+    centred, weight = torch.randn(100, D, generator=generator), torch.randn(WIDTH, D, generator=generator)
+    pointers, both_read = [], threading.Barrier(2)
+
+    def read_blocks():
+        pointers.append({block.data_ptr() for _, block in Projections(centred, weight, block_rows=30).neuron_blocks()})
+        both_read.wait(timeout=30)  # each thread's buffer lives until both have read
+
+    threads = [threading.Thread(target=read_blocks) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(pointers) == 2 and pointers[0].isdisjoint(pointers[1])

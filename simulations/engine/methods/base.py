@@ -21,6 +21,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import threading
 from dataclasses import dataclass
 from typing import ClassVar, Iterator
 
@@ -136,19 +137,21 @@ class Projections:
             yield start, _product(self._weight[start : start + neurons], self._centred.mT, "neuron block")
 
 
-_SCRATCH: dict[str, torch.Tensor] = {}
-"""Memory the step's blocks are written into, one buffer per role, kept from step to step: a fresh
-64 MiB block pays its page faults again (the product took 2.5x as long written into fresh memory as
-into reused memory at 4096 x 4096 fp32 on the 2-core AMD EPYC). A block is consumed before the next
-is asked for (every method copies the entries it keeps); one training loop per process uses it."""
+_SCRATCH = threading.local()
+"""Memory the step's blocks are written into, one buffer per role and thread, kept from step to step:
+a fresh 64 MiB block pays its page faults again (the product took 2.5x as long written into fresh
+memory as into reused memory at 4096 x 4096 fp32 on the 2-core AMD EPYC). A block is consumed before
+the next is asked for (every method copies the entries it keeps); a thread runs one loop at a time
+(a Dask worker may run several points, each in its own thread)."""
 
 
 def scratch(role: str, shape: tuple[int, int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A reused (rows, columns) buffer for `role`: the first rows of the largest one asked for so far."""
     rows, columns = shape
-    held = _SCRATCH.get(role)
+    buffers = _SCRATCH.__dict__.setdefault("buffers", {})
+    held = buffers.get(role)
     if held is None or held.shape[0] < rows or held.shape[1] != columns or held.dtype != dtype or held.device != device:
-        held = _SCRATCH[role] = torch.empty(shape, dtype=dtype, device=device)
+        held = buffers[role] = torch.empty(shape, dtype=dtype, device=device)
     return held[:rows]
 
 
