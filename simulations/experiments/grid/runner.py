@@ -3,7 +3,8 @@
 A finished point is written atomically to `DIR/points/KEY.json` (KEY hashes the point's full
 resolved config), so re-running a spec skips what is done; a point trained alone saves its
 training state beside it (`KEY.checkpoint.pt`) ten times a run, so a killed run loses at most a
-tenth of the points in flight (a stacked group, all of its own). Points of equal shapes may train in stacked groups (`--stack`).
+tenth of each point in flight (a stacked group, all of its own). Points of equal shapes may train
+in stacked groups (`--stack`).
 """
 
 from __future__ import annotations

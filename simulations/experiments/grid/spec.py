@@ -5,8 +5,8 @@ product), optional variants (tables merged over the fixed settings, for settings
 some points only) and seeds. Every point is one `simulations.experiments.recover.run`; points of
 equal shapes may train in stacked groups (`recover.run_stack`, up to `stack` at once).
 A finished point is written atomically to `DIR/points/KEY.json`, where KEY hashes the point's
-full resolved config, so re-running a spec skips what is done and a killed run loses only the
-groups in flight.
+full resolved config, so re-running a spec skips what is done (the runner also checkpoints the
+points it trains alone: `simulations.experiments.grid.runner`).
 
     name = "example"
     description = "what it measures, at which scale"
