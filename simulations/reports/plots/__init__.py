@@ -66,6 +66,15 @@ def unsettled_counts(table: pd.DataFrame, by: str) -> pd.Series:
     return counts.apply(lambda row: f"{int(row['sum'])}/{int(row['size'])} unsettled" if row["sum"] else "", axis=1)
 
 
+def plain_log_ticks(ax, values, axis: str = "x") -> None:
+    """Log axis labelled at `values` in plain numbers, without the crowded minor labels."""
+    values = sorted({float(v) for v in values})
+    getattr(ax, f"set_{axis}scale")("log")
+    # Two significant digits below 10 (0.71, 5.7), whole numbers above (45, 128: not 1.3e+02).
+    getattr(ax, f"set_{axis}ticks")(values, [f"{v:.0f}" if v >= 10 else f"{v:.2g}" for v in values])
+    getattr(ax, f"{axis}axis").set_minor_locator(plt.NullLocator())
+
+
 def load_all() -> dict[str, FigureFunction]:
     """Import every module of this package so that their figures register; returns the registry."""
     for module in pkgutil.iter_modules(__path__):

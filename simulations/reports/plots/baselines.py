@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import NullFormatter
 
-from simulations.reports.plots import figure, mark_unsettled, save_figure, unsettled_counts
+from simulations.reports.plots import figure, mark_unsettled, plain_log_ticks, save_figure, unsettled_counts
 from simulations.reports.tables import SWEPT, frontier_table, load_results, method_label, scale_text, toy_table, world_table
 
 def log_x(ax) -> None:
@@ -81,7 +81,7 @@ def sensitivity(results: Path, out: Path) -> Path:
         summary = baselines[baselines["method"] == method].groupby(parameter)["frr_0.9"].agg(["mean", "min", "max"])
         ax.errorbar(summary.index, summary["mean"], yerr=[summary["mean"] - summary["min"], summary["max"] - summary["mean"]],
                     marker="o", capsize=3)
-        log_x(ax)
+        plain_log_ticks(ax, summary.index)
         ax.set_xlabel(f"{method}: {parameter}")
     default = (gba["method"] == "gba") & np.isclose(gba["htf"], 4) & np.isclose(gba["ltf"], 0.25)
     groups = gba["groups"].where(gba["method"] == "gba", 1)
@@ -97,7 +97,7 @@ def sensitivity(results: Path, out: Path) -> Path:
                     marker="o", capsize=3, color="C3")
         mark_unsettled(ax, part, column, "frr_0.9")
         ax.legend(fontsize=7)
-        log_x(ax)
+        plain_log_ticks(ax, summary.index)
         ax.set_xlabel(f"GBA: {label}")
     axes[1][3].axis("off")
     axes[1][3].text(0, 0.5, f"GBA default point: FRR(0.9) = {gba.loc[default, 'frr_0.9'].mean():.2f}\n"

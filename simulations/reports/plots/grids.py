@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from simulations.reports.paper import HEAVY_BAND, HEAVY_OPENING
-from simulations.reports.plots import figure, mark_unsettled, save_figure, unsettled, unsettled_counts
+from simulations.reports.plots import figure, mark_unsettled, plain_log_ticks, save_figure, unsettled, unsettled_counts
 from simulations.reports.tables import (OPENS_AT, ON_TARGET, MissingTable, group_settling, load_results, opening_dimensions,
                                        scale_text)
 from theory.bounds import opening_dimension, required_width, simplified_band, stated_band
@@ -97,15 +97,6 @@ def resonance_heatmap(results: Path, out: Path) -> Path:
                  "identifiability conditions fail (theorem silent), ○ cells with an unsettled seed", fontsize=10)
     fig.colorbar(mesh, ax=axes, label="FRR(0.9): fraction of features with a neuron at cosine ≥ 0.9")
     return save_figure(fig, out, "resonance_heatmap")
-
-
-def plain_log_ticks(ax, values, axis: str = "x") -> None:
-    """Log axis labelled at `values` in plain numbers, without the crowded minor labels."""
-    values = sorted({float(v) for v in values})
-    getattr(ax, f"set_{axis}scale")("log")
-    # Two significant digits below 10 (0.71, 5.7), whole numbers above (45, 128: not 1.3e+02).
-    getattr(ax, f"set_{axis}ticks")(values, [f"{v:.0f}" if v >= 10 else f"{v:.2g}" for v in values])
-    getattr(ax, f"{axis}axis").set_minor_locator(plt.NullLocator())
 
 
 def seed_summary(table: pd.DataFrame, by: str | list[str], value: str) -> pd.DataFrame:
