@@ -311,3 +311,17 @@ def test_threads_write_their_blocks_into_memory_of_their_own():
     for thread in threads:
         thread.join()
     assert len(pointers) == 2 and pointers[0].isdisjoint(pointers[1])
+
+
+def test_a_bf16_block_shifted_by_fp32_biases_is_compared_in_fp32():
+    """Under autocast the blocks are bf16 while BatchTopK's shift (its learned biases) is fp32."""
+    generator = torch.Generator().manual_seed(6)
+    centred, weight = torch.randn(100, D, generator=generator), torch.randn(WIDTH, D, generator=generator) / 3
+    shift, cutoff = 0.1 * torch.randn(WIDTH, generator=generator), torch.full((WIDTH,), 1.5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        blocked = gather(Projections(centred, weight, block_rows=30), cutoff, shift)
+        # The same bf16 blocks, kept: the whole (batch, width) matrix the step never holds.
+        whole = torch.cat([block.clone() for _, block in Projections(centred, weight, block_rows=30).neuron_blocks()]).T
+    rows, columns = (whole + shift > cutoff).nonzero(as_tuple=True)
+    assert len(rows) > 0 and blocked.projections.dtype == torch.bfloat16
+    assert torch.equal(blocked.rows, rows) and torch.equal(blocked.columns, columns)

@@ -217,7 +217,7 @@ def _above(block: torch.Tensor, cutoff: torch.Tensor, shift: torch.Tensor | None
     def buffer(role, dtype):
         return scratch(role, block.shape, dtype, block.device) if reuse else None
 
-    values = block if shift is None else torch.add(block, shift, out=buffer("shifted block", block.dtype))
+    values = block if shift is None else torch.add(block, shift, out=buffer("shifted block", torch.result_type(block, shift)))
     return true_positions(torch.gt(values, cutoff, out=buffer("block mask", torch.bool)))
 
 
