@@ -268,7 +268,7 @@ def run(
     if checkpoint is not None:
         state = read_checkpoint(checkpoint, sae.weight.device)
         start = 0 if state is None else int(state["step"])
-        saver = Checkpoint(checkpoint_interval(config.train), lambda state: save_atomically(state, checkpoint), state)
+        saver = Checkpoint(checkpoint_interval(config.train), lambda saved: save_atomically(saved, checkpoint), state)
     history = train(
         sae,
         method,
