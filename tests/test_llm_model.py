@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -105,7 +106,7 @@ def _tiny_plan():
 @pytest.fixture(scope="module")
 def pipeline(root):
     config = PipelineConfig(activations=TINY, width=WIDTH, train=TrainConfig(steps=40, batch_size=128, log_every=20, device="cpu"),
-                            checkpoint_every=20, ce_sequences=4)
+                            checkpoint_every=20, ce_sequences=4, snapshot_steps=(20,))
     meta = run_pipeline(config, _tiny_plan(), root, root / "results" / "llm", progress=False, log=lambda _line: None)
     return meta, root / "results" / "llm"
 
@@ -114,6 +115,9 @@ def test_tiny_pipeline_writes_every_table(pipeline):
     meta, results = pipeline
     frontier = pd.read_csv(results / "frontier.csv")
     assert set(frontier["run"]) == {run.name for run in _tiny_plan()}
+    assert (frontier.groupby("run")["steps"].apply(sorted).map(tuple) == (20, 40)).all()  # the snapshot and the end
+    assert (frontier["train_tokens"] == 128 * frontier["steps"]).all()
+    assert (frontier["tied"] == frontier["method"].isin(["ba", "gba"])).all()  # baselines untied, as the field trains them
     assert meta["d"] == 576 and meta["train_tokens"] >= TINY.tokens
     assert meta["cache_bytes"] >= (meta["train_tokens"] + meta["eval_tokens"]) * 576 * 2  # fp16 activations
     row = frontier.iloc[0]
@@ -132,12 +136,15 @@ def test_tiny_pipeline_writes_every_table(pipeline):
 
 def test_llm_figures_and_claims_draw_from_the_tables(pipeline, tmp_path):
     _, results = pipeline
-    names = ["llm_frontier", "llm_consistency", "llm_zscore", "llm_group_frequencies"]
-    assert main(["figures", "--results", str(results.parent), "--out", str(tmp_path), "--only", *names, "--strict"]) == 0
+    shutil.copytree(results, tmp_path / "results" / "llm")
+    shutil.copytree(results, tmp_path / "results" / "llm_length")  # the same tables stand in for the length experiment
+    names = ["llm_frontier", "llm_consistency", "llm_zscore", "llm_group_frequencies", "llm_length_curve", "llm_length_consistency"]
+    assert main(["figures", "--results", str(tmp_path / "results"), "--out", str(tmp_path), "--only", *names, "--strict"]) == 0
     assert all((tmp_path / f"{name}.png").stat().st_size > 1000 for name in names)
-    text = render(results.parent)
-    rows = [line for line in text.splitlines() if line.startswith(("| 24 |", "| 25 |"))]
-    assert len(rows) == 2 and "Spearman" in rows[0]
+    text = render(tmp_path / "results")
+    rows = [line for line in text.splitlines() if line.startswith(("| 24 |", "| 25 |", "| 15b |"))]
+    assert len(rows) == 3 and "Spearman" in rows[1]
+    assert "after 3k tokens" in rows[0] and "after 5k tokens" in rows[0]  # the snapshot and the full length
 
 
 def test_saelens_loads_the_export_and_matches_our_forward_pass(pipeline, root, tmp_path):

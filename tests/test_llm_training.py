@@ -129,6 +129,56 @@ def test_train_run_resumes_after_a_crash_and_skips_when_done(tmp_path, monkeypat
         train_run(LLMRunConfig.from_dict({**config.to_dict(), "seed": 1}), tmp_path / "crashed", progress=False)
 
 
+def _same_state(a, b) -> bool:
+    """Nested state dicts equal bit for bit."""
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same_state(a[key], b[key]) for key in a)
+    return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+
+
+def test_a_snapshot_is_the_run_it_would_have_been_at_that_length(tmp_path):
+    """GBA has no setting that scales with the run, so its snapshot at step 20 of 60 is a 20-step run, bit for bit."""
+    cache = fake_cache(tmp_path / "cache")
+    settings = {"groups": 3, "highest_target": 0.2, "lowest_target": 0.02}
+    long = LLMRunConfig(cache=str(cache), method="gba", method_settings=settings, sae=SAEConfig(width=64),
+                        train=TrainConfig(steps=60, batch_size=32, log_every=10, device="cpu"), checkpoint_every=20, snapshot_steps=(40, 20))
+    short = LLMRunConfig.from_dict({**long.to_dict(), "train": {**long.to_dict()["train"], "steps": 20}, "snapshot_steps": []})
+    train_run(long, tmp_path / "long", progress=False)
+    train_run(short, tmp_path / "short", progress=False)
+    assert long.snapshot_steps == (20, 40) and LLMRunConfig.from_dict(long.to_dict()) == long
+    _, snapshot_sae, snapshot_method = load_run(tmp_path / "long", step=20)
+    _, short_sae, short_method = load_run(tmp_path / "short")
+    assert _same_state(snapshot_sae.state_dict(), short_sae.state_dict())
+    assert _same_state(snapshot_method.state_dict(), short_method.state_dict())
+    _, final_sae, _ = load_run(tmp_path / "long", step=60)
+    assert not torch.equal(final_sae.weight, snapshot_sae.weight)
+    with pytest.raises(ConfigError, match=r"step: .* keeps the steps \[20, 40, 60\], got 30"):
+        load_run(tmp_path / "long", step=30)
+    for bad, message in (((30,), "multiple of checkpoint_every"), ((60,), "snapshot_steps"), ((0,), "snapshot_steps")):
+        with pytest.raises(ConfigError, match=message):
+            LLMRunConfig.from_dict({**long.to_dict(), "snapshot_steps": list(bad)})
+
+
+def test_each_method_trains_with_its_own_parametrisation_and_learning_rate():
+    """The baselines untied at their recommended rate, as the field trains them; BA/GBA tied (the paper's SAE)."""
+    from simulations.engine.methods.topk import TopKConfig
+    from simulations.experiments.llm.pipeline import PlannedRun, default_plan
+    from simulations.experiments.llm.runs import DEFAULT_WIDTH, LLM_LEARNING_RATE
+
+    topk, gba = LLMRunConfig(cache="", method="topk"), LLMRunConfig(cache="", method="gba")
+    assert not topk.sae.tied and topk.train.learning_rate == TopKConfig.recommended_learning_rate(DEFAULT_WIDTH)
+    assert gba.sae.tied and gba.train.learning_rate == LLM_LEARNING_RATE
+    assert LLMRunConfig(cache="", method="relu-l1").train.learning_rate == LLM_LEARNING_RATE
+    assert LLMRunConfig(cache="", method="topk", train=TrainConfig(learning_rate=3e-3)).train.learning_rate == 3e-3
+    assert PlannedRun("topk", (("k", 24),), 1).name == "topk-k24-s1"
+    assert PlannedRun("topk", (("k", 24),), 1, tied=True).name == "topk-k24-tied-s1"
+    assert PlannedRun("gba", (), 0, tied=True).name == "gba-s0" and PlannedRun("gba", (), 0, tied=False).name == "gba-untied-s0"
+    plan = [(run.method, dict(run.settings).get("k", dict(run.settings).get("l1_coefficient")), run.seed) for run in
+            default_plan(seeds=2, topk=(16, 24, 32), l1=(0.1,), ba=())]
+    assert plan == [("gba", None, 0), ("gba", None, 1), ("topk", 24, 0), ("topk", 24, 1), ("relu-l1", 0.1, 0), ("relu-l1", 0.1, 1),
+                    ("topk", 16, 0), ("topk", 32, 0)]
+
+
 def test_a_truncated_checkpoint_is_moved_aside_and_the_run_restarts(tmp_path, capsys):
     cache = fake_cache(tmp_path / "cache")
     config = LLMRunConfig(cache=str(cache), method="topk", method_settings={"k": 4},
@@ -167,7 +217,9 @@ def test_consistency_of_identical_and_of_random_runs():
     table = pd.DataFrame({"max_activation": rng.random(2000), "z_score": rng.random(2000)})
     same, mcs = consistency([decoder, decoder * 2.0, decoder], [table] * 3)
     assert (same["share"] == 1.0).all() and np.allclose(mcs[0], 1.0, atol=1e-5)
-    assert set(same["selected"]) == {6, 1}  # ceil(0.3 % of 2000), ceil(0.05 % of 2000)
+    assert set(same["selected"]) == {6, 1, 8}  # ceil(0.3 % of 2000), ceil(0.05 % of 2000), and 8 by count
+    assert same.groupby("by")["selected"].agg(set).to_dict() == {"share": {6, 1}, "count": {8}}
+    assert np.allclose(same[same["by"] == "count"]["alpha"], 8 / 2000)
     random, _ = consistency([rng.normal(size=(2000, 64)) for _ in range(3)], [table] * 3)
     assert (random["share"] == 0.0).all()  # random directions in 64 dims stay far below cosine 0.6
 

@@ -16,7 +16,6 @@ import torch
 
 from simulations.experiments.llm.activations import CORPORA, DEFAULT_MODEL, SITES, STORAGE_DTYPES, ActivationConfig, extract
 from simulations.engine.methods import METHODS
-from simulations.engine.sae import SAEConfig
 from simulations.engine.train import TrainConfig
 from simulations.experiments.files import check_output_directory
 from theory.validation import ConfigError, check_int
@@ -43,12 +42,15 @@ def _activation_arguments(parser) -> None:
     group.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _training_arguments(parser, steps: int, batch_size: int, learning_rate: float) -> None:
+def _training_arguments(parser, steps: int, batch_size: int) -> None:
+    from simulations.experiments.llm.runs import DEFAULT_WIDTH, LLM_LEARNING_RATE
+
     group = parser.add_argument_group("training")
-    group.add_argument("--width", type=int, default=4096, help="SAE width M")
+    group.add_argument("--width", type=int, default=DEFAULT_WIDTH, help="SAE width M")
     group.add_argument("--steps", type=int, default=steps, help="optimiser steps")
     group.add_argument("--batch-size", type=int, default=batch_size, help="tokens per step")
-    group.add_argument("--learning-rate", type=float, default=learning_rate, help="Adam learning rate")
+    group.add_argument("--learning-rate", type=float, default=None,
+                       help=f"Adam learning rate (default: the method's recommended one, TopK/BatchTopK 2e-4/sqrt(M/2^14); else {LLM_LEARNING_RATE:g})")
     group.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (a multiple of 25)")
 
 
@@ -65,8 +67,10 @@ def register(parser) -> None:
 
     command = commands.add_parser("train", help="train one SAE on the cache (checkpointed, resumable)", formatter_class=formatter)
     _activation_arguments(command)
-    _training_arguments(command, defaults.steps, defaults.batch_size, defaults.learning_rate)
+    _training_arguments(command, defaults.steps, defaults.batch_size)
     command.add_argument("--method", choices=sorted(METHODS), default="gba", help="training method")
+    command.add_argument("--tied", action=argparse.BooleanOptionalAction, default=None,
+                         help="one matrix encodes and decodes (default: the method's own; BA/GBA tied, the baselines untied)")
     command.add_argument(
         "--set", action="append", default=argparse.SUPPRESS, metavar="NAME=VALUE",
         help="a method setting, e.g. k=32, l1_coefficient=0.03, target_frequency=0.01 (default: the method's own; for gba the paper's K=10, 0.1 -> 0.001)",
@@ -87,11 +91,13 @@ def register(parser) -> None:
         "frontier", help="the whole experiment: extract, train GBA/BA/TopK/L1 (+ seeds), evaluate, write tables", formatter_class=formatter
     )
     _activation_arguments(command)
-    _training_arguments(command, defaults.steps, defaults.batch_size, defaults.learning_rate)
+    _training_arguments(command, defaults.steps, defaults.batch_size)
+    command.add_argument("--snapshots", type=int, nargs="*", default=[], metavar="STEP",
+                         help="steps before the last at which every run is also evaluated (a training-length curve)")
     command.add_argument("--seeds", type=int, default=3, help="seeds of GBA and of the middle TopK / L1 setting")
-    command.add_argument("--topk", type=int, nargs="+", default=[16, 32, 64], help="TopK sweep (k values)")
-    command.add_argument("--l1", type=float, nargs="+", default=[0.01, 0.03, 0.1], help="ReLU-L1 sweep (coefficients)")
-    command.add_argument("--ba", type=float, nargs="+", default=[0.01], help="BA target frequencies")
+    command.add_argument("--topk", type=int, nargs="*", default=[16, 32, 64], help="TopK sweep (k values; none: no TopK runs)")
+    command.add_argument("--l1", type=float, nargs="*", default=[0.01, 0.03, 0.1], help="ReLU-L1 sweep (coefficients; none: no ReLU-L1 runs)")
+    command.add_argument("--ba", type=float, nargs="*", default=[0.01], help="BA target frequencies (none: no BA runs)")
     command.add_argument("--ce-sequences", type=int, default=32, help="eval sequences for the spliced CE / KL")
     command.add_argument("--results", type=Path, default=Path("simulations/results/llm"), help="folder of the result tables")
     command.set_defaults(handler=handle_frontier)
@@ -144,7 +150,7 @@ def handle_extract(args) -> int:
 def handle_train(args) -> int:
     from simulations.experiments.llm.pipeline import PlannedRun
     from simulations.engine.methods.bias_adaptation import TARGETS_WITHOUT_F
-    from simulations.experiments.llm.runs import LLMRunConfig, train_run
+    from simulations.experiments.llm.runs import LLMRunConfig, default_sae, train_run
 
     _prepare(args)
     settings = {}
@@ -156,12 +162,12 @@ def handle_train(args) -> int:
     if args.method == "gba" and not settings:
         settings = dict(TARGETS_WITHOUT_F)
     config = LLMRunConfig(
-        cache="", method=args.method, method_settings=settings, sae=SAEConfig(width=args.width),
+        cache="", method=args.method, method_settings=settings, sae=default_sae(args.method, args.width, args.tied),
         train=_train_config(args), seed=args.seed, checkpoint_every=args.checkpoint_every,
     )  # checks every setting before extraction starts
     folder = extract(_activation_config(args), args.root / "cache", progress=not args.quiet)
     config = LLMRunConfig.from_dict({**config.to_dict(), "cache": str(folder)})
-    name = PlannedRun(args.method, tuple(settings.items()), args.seed).name
+    name = PlannedRun(args.method, tuple(settings.items()), args.seed, args.tied).name
     run_dir = train_run(config, getattr(args, "out", None) or args.root / "runs" / folder.name / name, progress=not args.quiet)
     print(f"trained {run_dir}")
     return 0
@@ -213,10 +219,11 @@ def handle_frontier(args) -> int:
                 raise ConfigError(f"{flag}: {value} is not a valid {key} of {method!r} ({error})") from None
     config = PipelineConfig(
         activations=_activation_config(args), width=args.width, train=_train_config(args),
-        checkpoint_every=args.checkpoint_every, ce_sequences=args.ce_sequences,
+        checkpoint_every=args.checkpoint_every, ce_sequences=args.ce_sequences, snapshot_steps=tuple(args.snapshots),
     )
     plan = default_plan(seeds=args.seeds, topk=tuple(args.topk), l1=tuple(args.l1), ba=tuple(args.ba))
     run_pipeline(config, plan, args.root, args.results, progress=not args.quiet)
     table = pd.read_csv(args.results / "frontier.csv")
-    print(table[["run", "normalised_mse", "fraction_active", "alive_fraction", "ce_recovered", "kl_sae"]].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    columns = ["run", "steps", "normalised_mse", "fraction_active", "alive_fraction", "ce_recovered", "kl_sae"]
+    print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     return 0

@@ -20,6 +20,11 @@ RESULTS = Path("simulations/results")
 
 LLM_COMMAND = "gba llm frontier --threads 2"
 """The command that makes the LLM tables under RESULTS/llm."""
+LLM_LENGTH_COMMAND = ("gba llm frontier --threads 2 --tokens 1000000 --steps 6400 --snapshots 400 1600 --topk 8 16 32 --l1 --ba "
+                      "--results simulations/results/llm_length")
+"""The command that makes the training-length tables under RESULTS/llm_length: GBA and TopK over 3 seeds,
+each run evaluated after 0.4M, 1.6M and 6.6M tokens."""
+LLM_COMMANDS = {"llm": LLM_COMMAND, "llm_length": LLM_LENGTH_COMMAND}
 
 SWEPT = {"topk": "k", "batchtopk": "k", "relu-l1": "l1_coefficient", "jumprelu": "l0_coefficient"}
 """Each baseline's key hyper-parameter, swept in the frontier grid."""
@@ -91,12 +96,24 @@ def load_results(results: str | Path, name: str, table: str = "results.csv",
     return frame
 
 
-def load_llm_table(results: Path, table: str) -> pd.DataFrame:
-    """A table of the LLM experiment; raises MissingTable naming the command that makes it."""
-    path = Path(results) / "llm" / table
+def load_llm_table(results: Path, table: str, experiment: str = "llm") -> pd.DataFrame:
+    """A table of an LLM experiment (a key of LLM_COMMANDS); raises MissingTable naming the command that makes it."""
+    path = Path(results) / experiment / table
     if not path.is_file():
-        raise MissingTable(f"{path} is missing: run `{LLM_COMMAND}`")
+        raise MissingTable(f"{path} is missing: run `{LLM_COMMANDS[experiment]}`")
     return pd.read_csv(path)
+
+
+def token_count(tokens: float) -> str:
+    """'410k', '6.55M': a number of tokens as the LLM rows print it."""
+    return f"{tokens / 1e6:.2f}M" if tokens >= 1e6 else f"{tokens / 1e3:.0f}k"
+
+
+def at_full_length(frontier: pd.DataFrame) -> pd.DataFrame:
+    """The rows of an LLM frontier table at its runs' full length (a table without snapshots has only those)."""
+    if "steps" not in frontier:
+        return frontier
+    return frontier[frontier["steps"] == frontier["steps"].max()].reset_index(drop=True)
 
 
 def method_label(row) -> str:

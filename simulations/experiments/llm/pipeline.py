@@ -4,11 +4,13 @@ Each stage reuses what is on disk: the activation cache (`activations.extract`),
 (`runs.train_run` skips them, resumes interrupted ones). Evaluation is recomputed from the
 finished runs (it is cheap next to training). Tables written to `results_dir`:
 
-- `frontier.csv`: one row per SAE (method, setting, seed; normalised MSE, FVU, L0, fraction
-  active, alive fraction, CE clean / zero / spliced, CE recovered, KL) — the paper's Fig. 3;
-- `consistency.csv`: per method with >= 2 seeds, the consistency table — Fig. 5;
-- `neurons.csv`: per neuron of each seeded run (frequency, max activation, Z-score, MCS) — Fig. 6;
-- `frequency_histograms.csv`: per run and group, neuron counts by activation frequency;
+- `frontier.csv`: one row per SAE and length (method, setting, seed, parametrisation, learning rate,
+  steps and training tokens seen; normalised MSE, FVU, L0, fraction active, alive fraction, CE clean
+  / zero / spliced, CE recovered, KL) — the paper's Fig. 3 at the full length, and a training-length
+  curve from the runs' snapshots (`PipelineConfig.snapshot_steps`);
+- `consistency.csv`: per method with >= 2 seeds, the consistency table at the full length — Fig. 5;
+- `neurons.csv`: per neuron of each seeded run at the full length (frequency, max activation, Z-score, MCS) — Fig. 6;
+- `frequency_histograms.csv`: per run and group at the full length, neuron counts by activation frequency;
 - `meta.json`: the settings, the scale and the wall time of each stage.
 """
 
@@ -28,9 +30,8 @@ from simulations.experiments.llm.activations import ActivationConfig, cache_byte
 from simulations.experiments.llm.data import load_split
 from simulations.experiments.llm.evaluate import consistency, frequency_histograms, reconstruction_metrics, spliced_losses
 from simulations.engine.methods.bias_adaptation import TARGETS_WITHOUT_F
-from simulations.experiments.llm.runs import LLMRunConfig, default_train, load_run, train_run
+from simulations.experiments.llm.runs import DEFAULT_WIDTH, LLMRunConfig, default_sae, default_train, load_run, train_run
 from simulations.engine.methods import METHODS
-from simulations.engine.sae import SAEConfig
 from simulations.engine.train import TrainConfig, resolve_device
 from theory.validation import ConfigError, check_int
 
@@ -50,24 +51,29 @@ class PlannedRun:
     settings: tuple = ()
     """(name, value) pairs of the method's settings."""
     seed: int = 0
+    tied: bool | None = None
+    """The SAE's parametrisation; None: the method's own (BA/GBA tied, the baselines untied)."""
 
     @property
     def name(self) -> str:
+        """'topk-k24-s0'; a parametrisation other than the method's own is named: 'topk-k24-tied-s0'."""
         label = "-".join(f"{key.split('_')[0][:2]}{value:g}" for key, value in self.settings if key not in ("groups", "update_interval"))
-        return "-".join(part for part in (self.method, label, f"s{self.seed}") if part)
+        variant = "" if self.tied in (None, METHODS[self.method].tied_default) else ("tied" if self.tied else "untied")
+        return "-".join(part for part in (self.method, label, variant, f"s{self.seed}") if part)
 
 
 def default_plan(seeds: int = 3, topk=(16, 32, 64), l1=(0.01, 0.03, 0.1), ba=(0.01,)) -> list[PlannedRun]:
-    """GBA (paper defaults) over `seeds` seeds, a TopK sweep, an L1 sweep and BA; the middle TopK and L1 settings also over the seeds."""
+    """GBA (paper defaults) over `seeds` seeds, a TopK sweep, an L1 sweep and BA; the middle TopK and L1 settings
+    also over the seeds. The seeded runs come first, so a stopped experiment has its comparisons before its sweeps."""
     check_int("seeds", seeds, 1)
     plan = [PlannedRun("gba", tuple({**TARGETS_WITHOUT_F, **CPU_SCALE_CONTROLLER}.items()), seed) for seed in range(seeds)]
-    plan += [PlannedRun("ba", (("target_frequency", p), *CPU_SCALE_CONTROLLER.items())) for p in ba]
-    plan += [PlannedRun("topk", (("k", k),)) for k in topk]
-    plan += [PlannedRun("relu-l1", (("l1_coefficient", c),)) for c in l1]
-    for method, key, values in (("topk", "k", topk), ("relu-l1", "l1_coefficient", l1)):
+    sweeps = [("topk", "k", list(topk)), ("relu-l1", "l1_coefficient", list(l1))]
+    for method, key, values in sweeps:
         if values:
-            middle = values[len(values) // 2]
-            plan += [PlannedRun(method, ((key, middle),), seed) for seed in range(1, seeds)]
+            plan += [PlannedRun(method, ((key, values[len(values) // 2]),), seed) for seed in range(seeds)]
+    for method, key, values in sweeps:
+        plan += [PlannedRun(method, ((key, value),)) for index, value in enumerate(values) if index != len(values) // 2]
+    plan += [PlannedRun("ba", (("target_frequency", p), *CPU_SCALE_CONTROLLER.items())) for p in ba]
     return plan
 
 
@@ -77,10 +83,12 @@ class PipelineConfig:
 
     activations: ActivationConfig = dataclasses.field(default_factory=ActivationConfig)
     """What to extract (model, layer, site, corpus, tokens)."""
-    width: int = 4096
+    width: int = DEFAULT_WIDTH
     """SAE width M for every run."""
     train: TrainConfig = dataclasses.field(default_factory=default_train)
-    """Optimiser settings of every run."""
+    """Optimiser settings of every run (a learning rate of None: each method's own, see `runs`)."""
+    snapshot_steps: tuple[int, ...] = ()
+    """Steps before the last at which every run is also evaluated: the training-length curve."""
     checkpoint_every: int = 100
     """Steps between checkpoints of each run."""
     ce_sequences: int = 32
@@ -97,8 +105,7 @@ def run_pipeline(config: PipelineConfig, plan: list[PlannedRun], root: str | Pat
     if missing:
         raise ConfigError(f"method: {', '.join(missing)} not registered in simulations.engine.methods.METHODS")
     for planned in plan:  # every run's settings are checked before the first one starts
-        LLMRunConfig(cache="", method=planned.method, method_settings=dict(planned.settings), train=config.train,
-                     seed=planned.seed, checkpoint_every=config.checkpoint_every)
+        run_config(config, planned, cache="")
     root, results_dir = Path(root), Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     seconds = {}
@@ -110,19 +117,11 @@ def run_pipeline(config: PipelineConfig, plan: list[PlannedRun], root: str | Pat
     started = time.perf_counter()
     run_dirs = {}
     for index, planned in enumerate(plan):
-        run_config = LLMRunConfig(
-            cache=str(folder),
-            method=planned.method,
-            method_settings=dict(planned.settings),
-            sae=SAEConfig(width=config.width),
-            train=config.train,
-            seed=planned.seed,
-            checkpoint_every=config.checkpoint_every,
-        )
+        settings = run_config(config, planned, cache=str(folder))
         run_started = time.perf_counter()
         # The settings' hash in the folder name keeps runs of other widths or step counts apart.
-        digest = hashlib.sha1(json.dumps(run_config.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
-        run_dirs[planned] = train_run(run_config, root / "runs" / folder.name / f"{planned.name}-{digest}", progress=progress)
+        digest = hashlib.sha1(json.dumps(settings.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+        run_dirs[planned] = train_run(settings, root / "runs" / folder.name / f"{planned.name}-{digest}", progress=progress)
         log(f"[{index + 1}/{len(plan)}] {planned.name} trained ({time.perf_counter() - run_started:.0f} s)")
     seconds["train"] = time.perf_counter() - started
 
@@ -140,6 +139,7 @@ def run_pipeline(config: PipelineConfig, plan: list[PlannedRun], root: str | Pat
         "cache_bytes": cache_bytes(folder),
         "width": config.width,
         "train": dataclasses.asdict(config.train),
+        "snapshot_steps": list(config.snapshot_steps),
         "runs": [run.name for run in plan],
         "seconds": seconds,
         "threads": torch.get_num_threads(),
@@ -149,31 +149,52 @@ def run_pipeline(config: PipelineConfig, plan: list[PlannedRun], root: str | Pat
     return meta
 
 
+def run_config(config: PipelineConfig, planned: PlannedRun, cache: str) -> LLMRunConfig:
+    """The settings of one planned run (checked on construction)."""
+    return LLMRunConfig(
+        cache=cache,
+        method=planned.method,
+        method_settings=dict(planned.settings),
+        sae=default_sae(planned.method, config.width, planned.tied),
+        train=config.train,
+        seed=planned.seed,
+        checkpoint_every=config.checkpoint_every,
+        snapshot_steps=config.snapshot_steps,
+    )
+
+
 def evaluate_runs(config: PipelineConfig, folder: Path, run_dirs: dict, root: Path) -> dict[str, pd.DataFrame]:
     """The result tables of finished runs (see the module docstring)."""
     device = resolve_device(config.train.device)
     eval_split = load_split(folder, "eval")
-    loaded, rows, neuron_tables, histograms = {}, [], {}, []
+    loaded, rows, neuron_tables, histograms, final = {}, [], {}, [], {}
     for planned, run_dir in run_dirs.items():
-        _, sae, method = load_run(run_dir, device)
-        loaded[planned.name] = (sae, method)
-        metrics, neurons = reconstruction_metrics(sae, method, eval_split.activations)
+        for steps in (*config.snapshot_steps, config.train.steps):
+            run, sae, method = load_run(run_dir, device, steps)
+            snapshot = f"{planned.name}@{steps}"
+            loaded[snapshot] = (sae, method)
+            metrics, neurons = reconstruction_metrics(sae, method, eval_split.activations)
+            rows.append({
+                "run": planned.name, "method": planned.method, "setting": json.dumps(dict(planned.settings)), "seed": planned.seed,
+                "tied": run.sae.tied, "learning_rate": run.train.learning_rate, "steps": steps,
+                "train_tokens": steps * run.train.batch_size, "snapshot": snapshot, **metrics,
+            })
+        final[planned.name] = (sae, method)
         neuron_tables[planned] = neurons
-        rows.append({"run": planned.name, "method": planned.method, "setting": json.dumps(dict(planned.settings)), "seed": planned.seed, **metrics})
         histograms.append(frequency_histograms(neurons).assign(run=planned.name, method=planned.method))
     model, _ = load_model(config.activations.model, root / "cache", device)
     module = site_module(model, config.activations.layer, config.activations.site)
     ce = spliced_losses(model, module, eval_split.token_ids[: config.ce_sequences], loaded, config.activations.drop_first, batch_size=8)
-    frontier = pd.DataFrame(rows).merge(ce, on="run")
+    frontier = pd.DataFrame(rows).merge(ce.rename(columns={"run": "snapshot"}), on="snapshot").drop(columns="snapshot")
 
     consistency_tables, neuron_rows = [], []
     by_setting: dict[tuple, list[PlannedRun]] = {}
     for planned in run_dirs:
-        by_setting.setdefault((planned.method, planned.settings), []).append(planned)
-    for (method_name, settings), runs in by_setting.items():
+        by_setting.setdefault((planned.method, planned.settings, planned.tied), []).append(planned)
+    for (method_name, settings, _), runs in by_setting.items():
         if len(runs) < 2:
             continue
-        decoders = [loaded[run.name][0].decoder_weight.detach().cpu().numpy() for run in runs]
+        decoders = [final[run.name][0].decoder_weight.detach().cpu().numpy() for run in runs]
         table, mcs = consistency(decoders, [neuron_tables[run] for run in runs])
         consistency_tables.append(table.assign(method=method_name, setting=json.dumps(dict(settings)), seeds=len(runs)))
         for run, run_mcs in zip(runs, mcs):

@@ -1,10 +1,16 @@
 """One SAE trained on an activation cache with the one training loop; checkpointed and resumable.
 
 A run directory holds `config.json` (every setting), `checkpoint.pt` while training (replaced
-atomically every `checkpoint_every` steps), and at the end `sae.safetensors` (SAELens's names and
-layout, in unit-norm input units), `final.pt` (the SAE's and method's state dicts), `history.csv`
-and `done.json`. Running the same config into the
+atomically every `checkpoint_every` steps), `snapshot_NNNNNN.pt` at each of `snapshot_steps` (the
+SAE's and method's state then: a training-length curve from one run), and at the end
+`sae.safetensors` (SAELens's names and layout, in unit-norm input units), `final.pt` (the SAE's and
+method's state dicts), `history.csv` and `done.json`. Running the same config into the
 same directory resumes from the checkpoint, or does nothing when the run is done.
+
+Each method trains with its own parametrisation and learning rate unless the config sets them:
+BA/GBA tied (the paper's SAE), the baselines untied as the field trains them
+(`MethodConfig.tied_default`); TopK/BatchTopK at their recommended rate
+(`MethodConfig.recommended_learning_rate`), the others at `LLM_LEARNING_RATE`.
 """
 
 from __future__ import annotations
@@ -28,9 +34,22 @@ from theory.validation import MAX_SEED, ConfigError, check_choice, check_int
 
 
 
+LLM_LEARNING_RATE = 1e-3
+"""Adam's learning rate for methods without a recommended one (BA/GBA, ReLU-L1, JumpReLU)."""
+DEFAULT_WIDTH = 4096
+"""SAE width M of the LLM runs (CPU scale; the paper's is 65,536)."""
+
+
 def default_train() -> TrainConfig:
-    """Optimiser settings of the LLM runs: Adam, lr 1e-3, batches of 1024 tokens, 400 steps (CPU scale)."""
-    return TrainConfig(steps=400, batch_size=1024, learning_rate=1e-3, log_every=25)
+    """Optimiser settings of the LLM runs: Adam, batches of 1024 tokens, 400 steps (CPU scale); the
+    learning rate left to each method (see the module docstring)."""
+    return TrainConfig(steps=400, batch_size=1024, log_every=25)
+
+
+def default_sae(method: str, width: int = DEFAULT_WIDTH, tied: bool | None = None) -> SAEConfig:
+    """The SAE a method trains with on activations: `tied` None takes the method's own parametrisation."""
+    check_choice("method", method, tuple(METHODS))
+    return SAEConfig(width=width, tied=METHODS[method].tied_default if tied is None else tied)
 
 
 @dataclass(frozen=True)
@@ -41,21 +60,33 @@ class LLMRunConfig:
     """The activation cache folder (written by `gba llm extract`)."""
     method: str = "gba"
     """A key of `simulations.engine.methods.METHODS`."""
-    method_settings: dict = field(default_factory=lambda: dict(TARGETS_WITHOUT_F))
-    """Keyword settings of the method's config class (for 'ba': `target_frequency`)."""
-    sae: SAEConfig = field(default_factory=lambda: SAEConfig(width=4096))
-    """Width and parametrisation."""
+    method_settings: dict | None = None
+    """Keyword settings of the method's config class (for 'ba': `target_frequency`); None: the method's
+    defaults, and for 'gba' the paper's targets (K = 10, 0.1 -> 0.001: no f is known on activations)."""
+    sae: SAEConfig | None = None
+    """Width and parametrisation; None: `default_sae(method)`."""
     train: TrainConfig = field(default_factory=default_train)
-    """Optimiser settings (inputs are scaled to unit norm, the paper's normalisation)."""
+    """Optimiser settings (inputs are scaled to unit norm, the paper's normalisation); a learning rate of
+    None takes the method's recommended one, or `LLM_LEARNING_RATE`."""
     seed: int = 0
     """Seed of the SAE initialisation and of the batch order."""
     checkpoint_every: int = 100
     """Steps between checkpoints (a multiple of train.log_every)."""
     max_tokens: int | None = None
     """Train on the first this-many cached tokens only (None: all)."""
+    snapshot_steps: tuple[int, ...] = ()
+    """Steps before the last at which the SAE and method are kept (`snapshot_NNNNNN.pt`), each a multiple of
+    `checkpoint_every`: the run's state after fewer tokens, for a training-length curve."""
 
     def __post_init__(self):
         check_choice("method", self.method, tuple(METHODS))
+        if self.method_settings is None:
+            object.__setattr__(self, "method_settings", dict(TARGETS_WITHOUT_F) if self.method == "gba" else {})
+        if self.sae is None:
+            object.__setattr__(self, "sae", default_sae(self.method))
+        if self.train.learning_rate is None:
+            rate = METHODS[self.method].recommended_learning_rate(self.sae.width) or LLM_LEARNING_RATE
+            object.__setattr__(self, "train", dataclasses.replace(self.train, learning_rate=rate))
         self.method_config()  # validates the settings before any work
         check_int("seed", self.seed, 0, MAX_SEED)
         check_int("checkpoint_every", self.checkpoint_every, 1)
@@ -63,6 +94,11 @@ class LLMRunConfig:
             raise ConfigError(f"checkpoint_every: must be a multiple of log_every ({self.train.log_every}), got {self.checkpoint_every}")
         if self.max_tokens is not None:
             check_int("max_tokens", self.max_tokens, 1)
+        object.__setattr__(self, "snapshot_steps", tuple(sorted(set(self.snapshot_steps))))
+        for step in self.snapshot_steps:
+            check_int("snapshot_steps", step, 1, self.train.steps - 1)
+            if step % self.checkpoint_every:
+                raise ConfigError(f"snapshot_steps: each must be a multiple of checkpoint_every ({self.checkpoint_every}), got {step}")
 
     def method_config(self) -> MethodConfig:
         """The method's config, with the settings that scale with the run resolved for its tokens."""
@@ -89,6 +125,7 @@ class LLMRunConfig:
             "seed": self.seed,
             "checkpoint_every": self.checkpoint_every,
             "max_tokens": self.max_tokens,
+            **({"snapshot_steps": list(self.snapshot_steps)} if self.snapshot_steps else {}),
         }
 
     @classmethod
@@ -96,6 +133,7 @@ class LLMRunConfig:
         settings = dict(settings)
         settings["sae"] = SAEConfig.from_dict(settings["sae"])
         settings["train"] = TrainConfig(**settings["train"])
+        settings["snapshot_steps"] = tuple(settings.get("snapshot_steps", ()))
         return cls(**settings)
 
 
@@ -124,14 +162,13 @@ def train_run(config: LLMRunConfig, run_dir: str | Path, progress: bool = True) 
     state = read_checkpoint(checkpoint_path, device)
     start = 0 if state is None else int(state["step"])
     batches = shuffled_batches(data.activations, config.train.batch_size, config.seed, start, device)
-    history = train(
-        sae,
-        method,
-        batches,
-        config.train,
-        progress=progress,
-        checkpoint=Checkpoint(config.checkpoint_every, lambda s: save_atomically(s, checkpoint_path), state),
-    )
+
+    def save(saved: dict) -> None:
+        if saved["step"] in config.snapshot_steps:
+            save_atomically({"sae": saved["sae"], "method": saved["method"]}, snapshot_path(run_dir, saved["step"]))
+        save_atomically(saved, checkpoint_path)
+
+    history = train(sae, method, batches, config.train, progress=progress, checkpoint=Checkpoint(config.checkpoint_every, save, state))
     with atomic_path(run_dir / "sae.safetensors") as path:
         save_file(sae_tensors(sae, method), str(path))
     save_atomically({"sae": sae.state_dict(), "method": method.state_dict()}, run_dir / "final.pt")
@@ -142,15 +179,22 @@ def train_run(config: LLMRunConfig, run_dir: str | Path, progress: bool = True) 
     return run_dir
 
 
-def load_run(run_dir: str | Path, device="cpu") -> tuple[LLMRunConfig, SparseAutoencoder, object]:
-    """A finished run's config, SAE and method (in eval mode)."""
+def snapshot_path(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / f"snapshot_{step:06d}.pt"
+
+
+def load_run(run_dir: str | Path, device="cpu", step: int | None = None) -> tuple[LLMRunConfig, SparseAutoencoder, object]:
+    """A finished run's config, SAE and method (in eval mode): at the end, or at one of its `snapshot_steps`."""
     run_dir = Path(run_dir)
     if not (run_dir / "done.json").is_file():
         raise ConfigError(f"run_dir: {run_dir} has no finished run (no done.json)")
     config = LLMRunConfig.from_dict(read_json(run_dir / "config.json", "run_dir"))
+    if step is not None and step != config.train.steps and step not in config.snapshot_steps:
+        raise ConfigError(f"step: {run_dir} keeps the steps {[*config.snapshot_steps, config.train.steps]}, got {step}")
     done = read_json(run_dir / "done.json", "run_dir")
     sae, method = build(config, done["d"], device)
-    state = torch.load(run_dir / "final.pt", map_location=device, weights_only=False)
+    final = step is None or step == config.train.steps
+    state = torch.load(run_dir / "final.pt" if final else snapshot_path(run_dir, step), map_location=device, weights_only=False)
     sae.load_state_dict(state["sae"])
     method.load_state_dict(state["method"])
     return config, sae.eval(), method.eval()

@@ -2,7 +2,8 @@
 
 Scale (each row states it, from meta.json): by default SmolLM2-135M (d = 576) layer-2 MLP output,
 200k training tokens of KJV + pydoc text, width 4096 (vs the paper's Qwen2.5-1.5B, d = 1536, 100M
-tokens, width 65,536). Tables: simulations/results/llm/ (`gba llm frontier`).
+tokens, width 65,536). Tables: simulations/results/llm/ (`gba llm frontier`); the rows marked b read
+simulations/results/llm_length/ (GBA and TopK trained up to 6.6M tokens, evaluated along the way).
 """
 
 from __future__ import annotations
@@ -15,22 +16,27 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from simulations.reports.claims import Measurement, claim
-from simulations.reports.tables import LLM_COMMAND, MissingTable, load_llm_table
+from simulations.reports.tables import LLM_COMMAND, LLM_COMMANDS, LLM_LENGTH_COMMAND, MissingTable, at_full_length, load_llm_table, token_count
 
 
 
-def _scale(results: Path) -> str:
+def _scale(results: Path, experiment: str = "llm") -> str:
     """The experiment's scale, from its meta.json."""
-    meta = json.loads((Path(results) / "llm" / "meta.json").read_text())
-    activations = meta["activations"]
-    return (f"{activations['model']} L{activations['layer']} {activations['site']}, {meta['train_tokens'] / 1000:.0f}k tokens, "
-            f"M = {meta['width']}, {meta['train']['steps']} steps of {meta['train']['batch_size']}")
+    meta = json.loads((Path(results) / experiment / "meta.json").read_text())
+    activations, train = meta["activations"], meta["train"]
+    seen = train["steps"] * train["batch_size"]
+    return (f"{activations['model']} L{activations['layer']} {activations['site']}, {meta['train_tokens'] / 1000:.0f}k cached tokens, "
+            f"M = {meta['width']}, {train['steps']} steps of {train['batch_size']} ({token_count(seen)} tokens seen)")
 
 
-def _frontier(results: Path) -> pd.DataFrame:
+def _seed_means(table: pd.DataFrame) -> pd.DataFrame:
     """Seed-averaged points per (method, setting)."""
-    table = load_llm_table(results, "frontier.csv")
     return table.groupby(["method", "setting"], as_index=False)[["fraction_active", "normalised_mse", "ce_recovered"]].mean()
+
+
+def _frontier(results: Path, experiment: str = "llm") -> pd.DataFrame:
+    """Seed-averaged points per (method, setting) at the runs' full length."""
+    return _seed_means(at_full_length(load_llm_table(results, "frontier.csv", experiment)))
 
 
 def _curve_at(points: pd.DataFrame, fraction: float) -> tuple[float, bool]:
@@ -41,11 +47,11 @@ def _curve_at(points: pd.DataFrame, fraction: float) -> tuple[float, bool]:
     return float(np.interp(np.log(fraction), x, y)), bool(inside)
 
 
-def _rows(table: pd.DataFrame, method: str) -> pd.DataFrame:
+def _rows(table: pd.DataFrame, method: str, experiment: str = "llm") -> pd.DataFrame:
     """The rows of `method`; MissingTable when the experiment has none (e.g. a run without that sweep)."""
     rows = table[table["method"] == method]
     if rows.empty:
-        raise MissingTable(f"simulations/results/llm has no {method} runs: run `{LLM_COMMAND}`")
+        raise MissingTable(f"simulations/results/{experiment} has no {method} runs: run `{LLM_COMMANDS[experiment]}`")
     return rows
 
 
@@ -59,19 +65,49 @@ CAP_FACTOR, CAP_SHARE = 1.5, 0.01
 """Claim 25: a neuron is above the cap at CAP_FACTOR x HTF; at most CAP_SHARE of GBA's neurons may be."""
 
 
+def _seed_counts(table: pd.DataFrame) -> str:
+    """'gba 3 seeds, topk k=16 1 seed, ...': the seeds behind each point at the full length."""
+    parts = []
+    for (method, setting), count in at_full_length(table).groupby(["method", "setting"], sort=False)["seed"].nunique().items():
+        k = json.loads(setting).get("k")
+        parts.append(f"{method}{f' k={k}' if k else ''} {count} seed{'s' if count > 1 else ''}")
+    return ", ".join(parts)
+
+
+def _gap_to_topk(frontier: pd.DataFrame, experiment: str = "llm") -> tuple[str, str, float]:
+    """GBA's point against the TopK curve at its fraction active: (the text, claim 15's verdict, the gap)."""
+    gba = _gba_point(frontier)
+    topk, inside = _curve_at(_rows(frontier, "topk", experiment), gba["fraction_active"])
+    gap = gba["normalised_mse"] - topk
+    text = (f"GBA {gba['normalised_mse']:.3f} at fraction {gba['fraction_active']:.2e}; TopK {topk:.3f} at that fraction"
+            f"{'' if inside else ' (extrapolated: outside the TopK sweep)'}")
+    verdict = "reproduced" if gap <= ON_CURVE and inside else ("partly" if gap <= NEAR_CURVE else "not reproduced")
+    return text, verdict, gap
+
+
 @claim("15", "GBA (no tuning) sits on the TopK frontier of normalised MSE vs fraction active",
        paper="Github-L26: GBA 0.155 at fraction 5e-3 vs TopK 0.14-0.15", command=LLM_COMMAND, figure="llm_frontier",
        rule=f"reproduced if GBA's normalised MSE is at most {ON_CURVE} above the TopK curve interpolated at GBA's fraction "
        f"active, inside the sweep; partly if at most {NEAR_CURVE} above")
 def gba_on_topk_frontier(results: Path) -> Measurement:
-    frontier = _frontier(results)
-    gba = _gba_point(frontier)
-    topk, inside = _curve_at(_rows(frontier, "topk"), gba["fraction_active"])
-    gap = gba["normalised_mse"] - topk
-    measured = (f"GBA {gba['normalised_mse']:.3f} at fraction {gba['fraction_active']:.2e}; TopK {topk:.3f} at that fraction"
-                f"{'' if inside else ' (extrapolated: outside the TopK sweep)'} ({_scale(results)})")
-    verdict = "reproduced" if gap <= ON_CURVE and inside else ("partly" if gap <= NEAR_CURVE else "not reproduced")
-    return Measurement(measured, verdict, "" if verdict == "reproduced" else f"GBA's loss exceeds the TopK curve by {gap:.3f} at equal fraction active.")
+    text, verdict, gap = _gap_to_topk(_frontier(results))
+    return Measurement(f"{text} ({_scale(results)})", verdict,
+                       "" if verdict == "reproduced" else f"GBA's loss exceeds the TopK curve by {gap:.3f} at equal fraction active.")
+
+
+@claim("15b", "GBA (no tuning) sits on the TopK frontier after longer training",
+       paper="Github-L26: GBA 0.155 at fraction 5e-3 vs TopK 0.14-0.15", command=LLM_LENGTH_COMMAND, figure="llm_length_curve",
+       rule=f"claim 15's rule at the runs' full length: reproduced if GBA's seed-mean normalised MSE is at most {ON_CURVE} above the "
+       f"TopK curve (seed means per k) interpolated at GBA's fraction active, inside the sweep; partly if at most {NEAR_CURVE} above; "
+       "the shorter lengths are reported, not judged")
+def gba_on_topk_frontier_long(results: Path) -> Measurement:
+    table = load_llm_table(results, "frontier.csv", "llm_length")
+    lengths = []
+    for tokens, rows in table.groupby("train_tokens"):
+        text, verdict, gap = _gap_to_topk(_seed_means(rows), "llm_length")
+        lengths.append(f"after {token_count(tokens)} tokens: {text}, gap {gap:+.3f}")
+    return Measurement(f"{'; '.join(lengths)} ({_seed_counts(table)}; {_scale(results, 'llm_length')})", verdict,
+                       "" if verdict == "reproduced" else f"At the full length GBA's loss exceeds the TopK curve by {gap:.3f} at equal fraction active.")
 
 
 @claim("16", "GBA beats ReLU-L1 at equal fraction active", paper="by 0.03-0.05 in L2 loss in every panel", command=LLM_COMMAND, figure="llm_frontier",
@@ -102,11 +138,17 @@ def gba_beats_ba(results: Path) -> Measurement:
     return Measurement(measured, "reproduced" if gaps["gba"] < gaps["ba"] else "not reproduced")
 
 
-def _consistency(results: Path) -> pd.DataFrame:
-    table = load_llm_table(results, "consistency.csv")
-    for method in ("gba", "topk", "relu-l1"):
-        _rows(table, method)
+def _consistency(results: Path, experiment: str = "llm", methods=("gba", "topk", "relu-l1")) -> pd.DataFrame:
+    """The consistency rows at MCS > 0.9."""
+    table = load_llm_table(results, "consistency.csv", experiment)
+    for method in methods:
+        _rows(table, method, experiment)
     return table[table["threshold"] == 0.9]
+
+
+def _paper_panels(table: pd.DataFrame) -> pd.DataFrame:
+    """The paper's four selection panels (shares of the width), without the selections by count."""
+    return table[table["by"] == "share"] if "by" in table else table
 
 
 def _shares(table: pd.DataFrame, selection: str, alpha: float) -> dict[str, float]:
@@ -144,7 +186,7 @@ def top_03_max(results: Path) -> Measurement:
        paper="GBA > TopK 4/4; L1 > GBA 3/4", command=LLM_COMMAND, figure="llm_consistency",
        rule="reproduced if GBA > TopK in 4 of 4 panels and L1 > GBA in 3 of 4; partly if one of the two")
 def panels(results: Path) -> Measurement:
-    table = _consistency(results)
+    table = _paper_panels(_consistency(results))
     gba_wins, l1_wins = 0, 0
     for (selection, alpha), _ in table.groupby(["selection", "alpha"]):
         shares = _shares(table, selection, alpha)
@@ -152,6 +194,24 @@ def panels(results: Path) -> Measurement:
         l1_wins += shares.get("relu-l1", -1) > shares.get("gba", 101)
     verdict = "reproduced" if gba_wins == 4 and l1_wins == 3 else ("partly" if gba_wins == 4 or l1_wins == 3 else "not reproduced")
     return Measurement(f"GBA > TopK in {gba_wins}/4 panels, L1 > GBA in {l1_wins}/4 ({_scale(results)})", verdict)
+
+
+@claim("23b", "GBA's % with MCS > 0.9 exceeds TopK's in all four selection panels, after longer training",
+       paper="GBA > TopK 4/4", command=LLM_LENGTH_COMMAND, figure="llm_length_consistency",
+       rule="reproduced if GBA > TopK in 4 of the paper's 4 panels (top 0.3 % and 0.05 % by max activation and by Z-score) at the "
+       "runs' full length; partly if in 2 or 3; the panels of a fixed count of neurons are reported, not judged (claim 23's "
+       "ReLU-L1 half is not run at this length)")
+def panels_long(results: Path) -> Measurement:
+    table = _consistency(results, "llm_length", ("gba", "topk"))
+    wins, parts = 0, []
+    for (by, selection, alpha), rows in table.groupby(["by", "selection", "alpha"], sort=False):
+        shares = _shares(rows, selection, alpha)
+        wins += by == "share" and shares["gba"] > shares["topk"]
+        label = f"top {100 * alpha:g} %" if by == "share" else f"top {int(rows['selected'].iloc[0])}"
+        parts.append(f"{label} by {selection.replace('_', ' ')}: {_fmt(shares, int(rows['selected'].iloc[0]))}")
+    verdict = "reproduced" if wins == 4 else ("partly" if wins >= 2 else "not reproduced")
+    seeds = int(table["seeds"].max())
+    return Measurement(f"GBA > TopK in {wins}/4 panels; {'; '.join(parts)}; {seeds} seeds ({_scale(results, 'llm_length')})", verdict)
 
 
 @claim("24", "Across GBA neurons the Z-score correlates positively with cross-seed MCS", paper="Z >~ 10 mostly has MCS >~ 0.8",

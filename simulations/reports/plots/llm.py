@@ -1,4 +1,5 @@
-"""Figures of the LLM track (paper Figs. 3, 5, 6), drawn from simulations/results/llm/ (`gba llm frontier`)."""
+"""Figures of the LLM track (paper Figs. 3, 5, 6), drawn from simulations/results/llm/ (`gba llm frontier`),
+and the training-length curve and consistency drawn from simulations/results/llm_length/."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from simulations.reports.plots import figure, save_figure
-from simulations.reports.tables import load_llm_table
+from simulations.reports.tables import at_full_length, load_llm_table, token_count
 
 COLOURS = {"gba": "C3", "ba": "C2", "topk": "C0", "batchtopk": "C4", "relu-l1": "C1", "jumprelu": "C5"}
 
@@ -17,7 +18,7 @@ COLOURS = {"gba": "C3", "ba": "C2", "topk": "C0", "batchtopk": "C4", "relu-l1": 
 @figure("llm_frontier")
 def llm_frontier(results: Path, out: Path) -> Path:
     """Normalised MSE against the fraction of active neurons (Fig. 3), and CE recovered against it."""
-    table = load_llm_table(results, "frontier.csv")
+    table = at_full_length(load_llm_table(results, "frontier.csv"))
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for method, rows in table.groupby("method"):
         rows = rows.sort_values("fraction_active")
@@ -33,34 +34,93 @@ def llm_frontier(results: Path, out: Path) -> Path:
         ax.set_xlabel("fraction of neurons active (L0 / M)")
         ax.grid(alpha=0.3)
     axes[0].legend()
-    meta = json.loads((Path(results) / "llm" / "meta.json").read_text())
-    where = meta["activations"]
-    fig.suptitle(f"SAEs (M = {meta['width']}) on {where['model']} layer {where['layer']} {where['site']} output "
-                 f"({meta['train_tokens'] / 1000:.0f}k tokens; eval split; seeds averaged)")
+    fig.suptitle(f"{_scale(results)}; eval split; seeds averaged")
     return save_figure(fig, out, "llm_frontier")
+
+
+def _scale(results: Path, experiment: str = "llm") -> str:
+    """'SAEs (M = 4096) on smollm2-135m layer 2 mlp output, 6.55M tokens seen (1008k cached)', from meta.json."""
+    meta = json.loads((Path(results) / experiment / "meta.json").read_text())
+    where, train = meta["activations"], meta["train"]
+    return (f"SAEs (M = {meta['width']}) on {where['model']} layer {where['layer']} {where['site']} output, "
+            f"{token_count(train['steps'] * train['batch_size'])} tokens seen ({meta['train_tokens'] / 1000:.0f}k cached)")
 
 
 @figure("llm_consistency")
 def llm_consistency(results: Path, out: Path) -> Path:
     """Share of the top-alpha neurons with cross-seed MCS above each threshold (Fig. 5)."""
-    table = load_llm_table(results, "consistency.csv")
-    panels = table.groupby(["selection", "alpha"], sort=False)
+    return _consistency_figure(results, out, "llm", "llm_consistency")
+
+
+@figure("llm_length_consistency")
+def llm_length_consistency(results: Path, out: Path) -> Path:
+    """Fig. 5 from the longest-trained runs (GBA and TopK)."""
+    return _consistency_figure(results, out, "llm_length", "llm_length_consistency")
+
+
+def _consistency_figure(results: Path, out: Path, experiment: str, name: str) -> Path:
+    table = load_llm_table(results, "consistency.csv", experiment)
+    if "by" not in table:
+        table = table.assign(by="share")
+    panels = table.groupby(["by", "selection", "alpha"], sort=False)
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), sharey=True)
     methods = sorted(table["method"].unique())
     thresholds = sorted(table["threshold"].unique())
     width = 0.8 / len(methods)
-    for ax, ((selection, alpha), rows) in zip(np.atleast_1d(axes), panels):
+    for ax, ((by, selection, alpha), rows) in zip(np.atleast_1d(axes), panels):
         for i, method in enumerate(methods):
             shares = rows[rows["method"] == method].set_index("threshold").reindex(thresholds)["share"]
             ax.bar(np.arange(len(thresholds)) + i * width, 100 * shares, width, color=COLOURS.get(method), label=method)
         selected = int(rows["selected"].iloc[0])
-        ax.set_title(f"top {100 * alpha:g} % by {selection.replace('_', ' ')}\n({selected} neurons per seed)")
+        top = f"top {100 * alpha:g} %" if by == "share" else f"top {selected}"
+        ax.set_title(f"{top} by {selection.replace('_', ' ')}\n({selected} neurons per seed, {int(rows['seeds'].max())} seeds)")
         ax.set_ylim(0, 100)
         ax.set_xticks(np.arange(len(thresholds)) + 0.4 - width / 2, [f"≥ {t:g}" for t in thresholds])
         ax.set_xlabel("MCS threshold")
     np.atleast_1d(axes)[0].set_ylabel("% of selected neurons")
     np.atleast_1d(axes)[0].legend()
-    return save_figure(fig, out, "llm_consistency")
+    fig.suptitle(_scale(results, experiment))
+    fig.tight_layout()
+    return save_figure(fig, out, name)
+
+
+@figure("llm_length_curve")
+def llm_length_curve(results: Path, out: Path) -> Path:
+    """Normalised MSE against training tokens (seed mean, bars the seeds' range) with each point's L0,
+    and the frontier of normalised MSE against fraction active at each length."""
+    table = load_llm_table(results, "frontier.csv", "llm_length")
+    table = table.assign(k=table["setting"].map(lambda text: json.loads(text).get("k")))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    for (method, k), rows in table.groupby(["method", "k"], dropna=False, sort=False):
+        stats = rows.groupby("train_tokens").agg(mean=("normalised_mse", "mean"), low=("normalised_mse", "min"),
+                                                 high=("normalised_mse", "max"), l0=("l0", "mean"), seeds=("seed", "nunique"))
+        seeds = int(stats["seeds"].max())
+        label = f"{method}{'' if np.isnan(k) else f' k={k:g}'} ({seeds} seed{'s' if seeds > 1 else ''})"
+        line = axes[0].errorbar(stats.index, stats["mean"], yerr=[stats["mean"] - stats["low"], stats["high"] - stats["mean"]],
+                                fmt="*-" if method == "gba" else "o-", ms=9 if method == "gba" else 5, capsize=3,
+                                color=COLOURS.get(method), alpha=1.0 if method == "gba" or seeds > 1 else 0.45, label=label)
+        for tokens, row in stats.iterrows():
+            axes[0].annotate(f"L0 {row['l0']:.0f}", (tokens, row["mean"]), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                             color=line[0].get_color())
+    lengths = sorted(table["train_tokens"].unique())
+    shades = dict(zip(lengths, np.linspace(0.35, 1.0, len(lengths))))
+    for tokens, rows in table.groupby("train_tokens"):
+        means = rows.groupby(["method", "k"], dropna=False, as_index=False)[["fraction_active", "normalised_mse"]].mean()
+        topk, gba = means[means["method"] == "topk"].sort_values("fraction_active"), means[means["method"] == "gba"]
+        axes[1].plot(topk["fraction_active"], topk["normalised_mse"], "o-", color=COLOURS["topk"], alpha=shades[tokens],
+                     label=f"TopK, {token_count(tokens)} tokens")
+        axes[1].plot(gba["fraction_active"], gba["normalised_mse"], "*", ms=13, color=COLOURS["gba"], alpha=shades[tokens],
+                     label=f"GBA, {token_count(tokens)} tokens")
+    axes[0].set_xscale("log")
+    axes[0].set_xlabel("training tokens seen")
+    axes[1].set_xscale("log")
+    axes[1].set_xlabel("fraction of neurons active (L0 / M)")
+    for ax in axes:
+        ax.set_ylabel("normalised MSE (eval split)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(_scale(results, "llm_length"))
+    return save_figure(fig, out, "llm_length_curve")
 
 
 @figure("llm_zscore")
