@@ -108,7 +108,17 @@ def test_top_cosines_by_tiles_equal_the_whole_matrix_top_k(k, monkeypatch):
     monkeypatch.setattr(recovery, "TILE", 32)
     targets = torch.from_numpy(gaussian_features(70, 16, seed=4))
     candidates = torch.from_numpy(gaussian_features(300, 16, seed=5))
+    kinds, rows_that_change = [], recovery._rows_that_change
+
+    def recorded(*args):
+        changed = rows_that_change(*args)
+        kinds.append("none" if changed is None else "all" if changed is recovery.ALL_ROWS else "some")
+        return changed
+
+    monkeypatch.setattr(recovery, "_rows_that_change", recorded)
     values, indices = recovery.top_cosines(targets, candidates, k)
     whole = (targets @ candidates.T).topk(k, dim=1)
     torch.testing.assert_close(values, whole.values)
     torch.testing.assert_close(indices, whole.indices)
+    if k == 1:  # later tiles change only some rows' lists: the gated merge ran
+        assert "some" in kinds

@@ -59,16 +59,44 @@ def top_cosines(targets: torch.Tensor, candidates: torch.Tensor, k: int) -> tupl
                 tile = rows @ columns.T
             else:
                 torch.matmul(rows, columns.T, out=tile)
-            top = tile.topk(min(k, tile.shape[1]), dim=1)
-            top_indices = top.indices + start
             if best_values is None:
-                best_values, best_indices = top.values, top_indices
+                top = tile.topk(min(k, tile.shape[1]), dim=1)
+                best_values, best_indices = top.values, top.indices + start
+                continue
+            changed = _rows_that_change(tile, best_values, k)
+            if changed is None:
+                continue
+            if changed is ALL_ROWS:
+                best_values, best_indices = _merge(best_values, best_indices, tile, start, k)
             else:
-                merged = torch.cat([best_values, top.values], dim=1).topk(k, dim=1)
-                best_values = merged.values
-                best_indices = torch.cat([best_indices, top_indices], dim=1).gather(1, merged.indices)
+                best_values[changed], best_indices[changed] = _merge(best_values[changed], best_indices[changed], tile[changed], start, k)
         values[first : first + TILE], indices[first : first + TILE] = best_values, best_indices
     return values, indices
+
+
+ALL_ROWS = "all rows"
+
+
+def _rows_that_change(tile: torch.Tensor, best_values: torch.Tensor, k: int) -> torch.Tensor | str | None:
+    """The rows whose top-k lists a new tile can change (None: no row), those with a cosine above their
+    k-th best so far; ALL_ROWS when most rows change, so that the tile is merged whole without a copy.
+
+    A row maximum costs a quarter of a top-k, and after the first few tiles most rows' lists hold
+    cosines that no later tile beats.
+    """
+    if best_values.shape[1] < k:  # lists still shorter than k: every row takes the tile's entries
+        return ALL_ROWS
+    changed = torch.nonzero(tile.amax(dim=1) > best_values[:, -1]).squeeze(1)
+    if changed.numel() == 0:
+        return None
+    return ALL_ROWS if 2 * changed.numel() > tile.shape[0] else changed
+
+
+def _merge(best_values: torch.Tensor, best_indices: torch.Tensor, tile: torch.Tensor, start: int, k: int):
+    """Top-k lists merged with a tile's cosines (its columns are candidates start, start + 1, ...)."""
+    top = tile.topk(min(k, tile.shape[1]), dim=1)
+    merged = torch.cat([best_values, top.values], dim=1).topk(min(k, best_values.shape[1] + top.values.shape[1]), dim=1)
+    return merged.values, torch.cat([best_indices, top.indices + start], dim=1).gather(1, merged.indices)
 
 
 def _unit_rows(features: np.ndarray, decoder: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

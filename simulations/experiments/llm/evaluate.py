@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 
 from simulations.engine.evaluate import evaluate
+from simulations.engine.progress import progress_bar
 from simulations.engine.sae import normalise
 from simulations.experiments.llm.activations import _output_tensor
 from theory.metrics import max_cosine_similarity
@@ -93,11 +94,13 @@ def _replace_output(output, replacement: torch.Tensor):
 
 
 @torch.no_grad()
-def spliced_losses(model, module, token_ids: torch.Tensor, saes: dict, drop_first: int, batch_size: int = 16) -> pd.DataFrame:
+def spliced_losses(model, module, token_ids: torch.Tensor, saes: dict, drop_first: int, batch_size: int = 16,
+                   progress: bool = False) -> pd.DataFrame:
     """CE and KL with each SAE's reconstruction spliced in at `module`, with the clean and zero-ablated model.
 
     `saes` maps a name to (sae, method). Returns one row per SAE: ce_clean, ce_zero, ce_sae,
-    kl_sae, kl_zero (nats per predicted token) and ce_recovered.
+    kl_sae, kl_zero (nats per predicted token) and ce_recovered. `progress` shows a bar over the
+    batches of sequences (each runs the model once per SAE).
     """
     device = next(model.parameters()).device
     replacement = {"fn": None}
@@ -117,7 +120,8 @@ def spliced_losses(model, module, token_ids: torch.Tensor, saes: dict, drop_firs
     predicted = 0
     handle = module.register_forward_hook(splice)
     try:
-        for start in range(0, token_ids.shape[0], batch_size):
+        starts = range(0, token_ids.shape[0], batch_size)
+        for start in progress_bar(starts, enabled=progress, desc="spliced CE", unit="batches"):
             ids = token_ids[start : start + batch_size].to(device)
             targets = ids[:, drop_first + 1 :]
             predicted += targets.numel()

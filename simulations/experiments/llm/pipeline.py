@@ -32,6 +32,7 @@ from simulations.experiments.llm.evaluate import consistency, frequency_histogra
 from simulations.engine.methods.bias_adaptation import TARGETS_WITHOUT_F
 from simulations.experiments.llm.runs import DEFAULT_WIDTH, LLMRunConfig, default_sae, default_train, load_run, train_run
 from simulations.engine.methods import METHODS
+from simulations.engine.progress import progress_bar
 from simulations.engine.train import TrainConfig, resolve_device
 from theory.validation import ConfigError, check_int
 
@@ -126,7 +127,7 @@ def run_pipeline(config: PipelineConfig, plan: list[PlannedRun], root: str | Pat
     seconds["train"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    tables = evaluate_runs(config, folder, run_dirs, root)
+    tables = evaluate_runs(config, folder, run_dirs, root, progress=progress)
     seconds["evaluate"] = time.perf_counter() - started
     for name, table in tables.items():
         table.to_csv(results_dir / f"{name}.csv", index=False)
@@ -163,13 +164,15 @@ def run_config(config: PipelineConfig, planned: PlannedRun, cache: str) -> LLMRu
     )
 
 
-def evaluate_runs(config: PipelineConfig, folder: Path, run_dirs: dict, root: Path) -> dict[str, pd.DataFrame]:
+def evaluate_runs(config: PipelineConfig, folder: Path, run_dirs: dict, root: Path, progress: bool = True) -> dict[str, pd.DataFrame]:
     """The result tables of finished runs (see the module docstring)."""
     device = resolve_device(config.train.device)
     eval_split = load_split(folder, "eval")
     loaded, rows, neuron_tables, histograms, final = {}, [], {}, [], {}
+    lengths = (*config.snapshot_steps, config.train.steps)
+    bar = progress_bar(total=len(run_dirs) * len(lengths), enabled=progress, desc="evaluate", unit="SAEs")
     for planned, run_dir in run_dirs.items():
-        for steps in (*config.snapshot_steps, config.train.steps):
+        for steps in lengths:
             run, sae, method = load_run(run_dir, device, steps)
             snapshot = f"{planned.name}@{steps}"
             loaded[snapshot] = (sae, method)
@@ -179,12 +182,15 @@ def evaluate_runs(config: PipelineConfig, folder: Path, run_dirs: dict, root: Pa
                 "tied": run.sae.tied, "learning_rate": run.train.learning_rate, "steps": steps,
                 "train_tokens": steps * run.train.batch_size, "snapshot": snapshot, **metrics,
             })
+            bar.update(1)
         final[planned.name] = (sae, method)
         neuron_tables[planned] = neurons
         histograms.append(frequency_histograms(neurons).assign(run=planned.name, method=planned.method))
+    bar.close()
     model, _ = load_model(config.activations.model, root / "cache", device)
     module = site_module(model, config.activations.layer, config.activations.site)
-    ce = spliced_losses(model, module, eval_split.token_ids[: config.ce_sequences], loaded, config.activations.drop_first, batch_size=8)
+    ce = spliced_losses(model, module, eval_split.token_ids[: config.ce_sequences], loaded, config.activations.drop_first, batch_size=8,
+                        progress=progress)
     frontier = pd.DataFrame(rows).merge(ce.rename(columns={"run": "snapshot"}), on="snapshot").drop(columns="snapshot")
 
     consistency_tables, neuron_rows = [], []

@@ -39,8 +39,8 @@ class Measurement:
     """Where and why our data disagree with the paper (goes to the notes below the table)."""
 
     def __post_init__(self):
-        if self.verdict not in VERDICTS:
-            raise ValueError(f"verdict: must be one of {VERDICTS}, got {self.verdict!r}")
+        if self.verdict not in (*VERDICTS, NO_VERDICT):  # a claim may judge its own runs unsettled
+            raise ValueError(f"verdict: must be one of {(*VERDICTS, NO_VERDICT)}, got {self.verdict!r}")
 
 
 @dataclass(frozen=True)

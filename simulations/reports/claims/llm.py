@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-from simulations.reports.claims import Measurement, claim
+from simulations.reports.claims import NO_VERDICT, Measurement, claim
 from simulations.reports.tables import LLM_COMMAND, LLM_COMMANDS, LLM_LENGTH_COMMAND, MissingTable, at_full_length, load_llm_table, token_count
 
 
@@ -61,6 +61,9 @@ def _gba_point(frontier: pd.DataFrame) -> pd.Series:
 
 ON_CURVE, NEAR_CURVE = 0.02, 0.05
 """Claim 15: GBA's normalised MSE above the TopK curve at its fraction active for 'reproduced' and 'partly'."""
+SETTLED_CHANGE = 0.01
+"""Claim 15b: the comparison has settled when every method's seed-mean normalised MSE (each setting) moved by at
+most this much between the last two lengths."""
 CAP_FACTOR, CAP_SHARE = 1.5, 0.01
 """Claim 25: a neuron is above the cap at CAP_FACTOR x HTF; at most CAP_SHARE of GBA's neurons may be."""
 
@@ -99,14 +102,22 @@ def gba_on_topk_frontier(results: Path) -> Measurement:
        paper="Github-L26: GBA 0.155 at fraction 5e-3 vs TopK 0.14-0.15", command=LLM_LENGTH_COMMAND, figure="llm_length_curve",
        rule=f"claim 15's rule at the runs' full length: reproduced if GBA's seed-mean normalised MSE is at most {ON_CURVE} above the "
        f"TopK curve (seed means per k) interpolated at GBA's fraction active, inside the sweep; partly if at most {NEAR_CURVE} above; "
-       "the shorter lengths are reported, not judged")
+       f"the shorter lengths are reported, not judged. No verdict unless settled: every setting's seed-mean normalised MSE moved by "
+       f"at most {SETTLED_CHANGE} between the last two lengths")
 def gba_on_topk_frontier_long(results: Path) -> Measurement:
     table = load_llm_table(results, "frontier.csv", "llm_length")
     lengths = []
     for tokens, rows in table.groupby("train_tokens"):
         text, verdict, gap = _gap_to_topk(_seed_means(rows), "llm_length")
         lengths.append(f"after {token_count(tokens)} tokens: {text}, gap {gap:+.3f}")
-    return Measurement(f"{'; '.join(lengths)} ({_seed_counts(table)}; {_scale(results, 'llm_length')})", verdict,
+    means = table.groupby(["method", "setting", "train_tokens"])["normalised_mse"].mean().unstack("train_tokens")
+    change = float((means.iloc[:, -1] - means.iloc[:, -2]).abs().max()) if means.shape[1] > 1 else float("nan")
+    settled = change <= SETTLED_CHANGE
+    measured = (f"{'; '.join(lengths)}; largest change over the last length {change:.3f} ({_seed_counts(table)}; "
+                f"{_scale(results, 'llm_length')})")
+    if not settled:
+        return Measurement(measured, NO_VERDICT)
+    return Measurement(measured, verdict,
                        "" if verdict == "reproduced" else f"At the full length GBA's loss exceeds the TopK curve by {gap:.3f} at equal fraction active.")
 
 
