@@ -113,8 +113,9 @@ def gba_on_topk_frontier_long(results: Path) -> Measurement:
     means = table.groupby(["method", "setting", "train_tokens"])["normalised_mse"].mean().unstack("train_tokens")
     change = float((means.iloc[:, -1] - means.iloc[:, -2]).abs().max()) if means.shape[1] > 1 else float("nan")
     settled = change <= SETTLED_CHANGE
-    measured = (f"{'; '.join(lengths)}; largest change over the last length {change:.3f} ({_seed_counts(table)}; "
-                f"{_scale(results, 'llm_length')})")
+    ce = table["ce_recovered"]
+    measured = (f"{'; '.join(lengths)}; largest change over the last length {change:.3f}; CE recovered of every SAE in "
+                f"[{ce.min():.2f}, {ce.max():.2f}] ({_seed_counts(table)}; {_scale(results, 'llm_length')})")
     if not settled:
         return Measurement(measured, NO_VERDICT)
     return Measurement(measured, verdict,
