@@ -20,7 +20,7 @@ RESULTS = Path("simulations/results")
 
 LLM_COMMAND = "gba llm frontier --threads 2"
 """The command that makes the LLM tables under RESULTS/llm."""
-LLM_LENGTH_COMMAND = ("gba llm frontier --threads 2 --tokens 1000000 --steps 6400 --snapshots 400 1600 --topk 8 16 32 --l1 --ba "
+LLM_LENGTH_COMMAND = ("gba llm frontier --threads 2 --tokens 1000000 --steps 6400 --snapshots 400 1600 --topk 8 16 --l1 --ba "
                       "--results simulations/results/llm_length")
 """The command that makes the training-length tables under RESULTS/llm_length: GBA and TopK over 3 seeds,
 each run evaluated after 0.4M, 1.6M and 6.6M tokens."""

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import NullFormatter
 
 from simulations.reports.plots import figure, save_figure
 from simulations.reports.tables import at_full_length, load_llm_table, token_count
@@ -112,6 +113,7 @@ def llm_length_curve(results: Path, out: Path) -> Path:
         axes[1].plot(gba["fraction_active"], gba["normalised_mse"], "*", ms=13, color=COLOURS["gba"], alpha=shades[tokens],
                      label=f"GBA, {token_count(tokens)} tokens")
     axes[0].set_xscale("log")
+    axes[0].xaxis.set_minor_formatter(NullFormatter())  # the lengths are read from the points' positions, not minor ticks
     axes[0].set_xlabel("training tokens seen")
     axes[1].set_xscale("log")
     axes[1].set_xlabel("fraction of neurons active (L0 / M)")
