@@ -168,7 +168,8 @@ CASES = [
     (["llm", "frontier", "--l1", "-0.1", "--root", "{tmp}/out"], "l1: -0.1 is not a valid l1_coefficient of 'relu-l1'"),
     (["llm", "frontier", "--ba", "2", "--root", "{tmp}/out"], "ba: 2.0 is not a valid target_frequency of 'ba'"),
     (["llm", "frontier", "--topk", "0", "--root", "{tmp}/out"], "topk: 0 is not a valid k of 'topk'"),
-    (["llm", "frontier", "--topk", "--root", "{tmp}/out"], "--topk: expected at least one argument"),
+    (["llm", "frontier", "--snapshots", "150", "--root", "{tmp}/out"], r"snapshots: 150 are not valid snapshot steps \(snapshot_steps: each must be a multiple of checkpoint_every \(100\), got 150\)"),
+    (["llm", "frontier", "--snapshots", "400", "--root", "{tmp}/out"], r"snapshots: 400 are not valid snapshot steps \(snapshot_steps: must lie in \[1, 399\]"),
     (["llm", "frontier", "--results", "{tmp}/a_file", "--root", "{tmp}/out"], "results: .* is a file, not a directory"),
 ]
 

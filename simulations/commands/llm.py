@@ -49,7 +49,7 @@ def _training_arguments(parser, steps: int, batch_size: int) -> None:
     group.add_argument("--width", type=int, default=DEFAULT_WIDTH, help="SAE width M")
     group.add_argument("--steps", type=int, default=steps, help="optimiser steps")
     group.add_argument("--batch-size", type=int, default=batch_size, help="tokens per step")
-    group.add_argument("--learning-rate", type=float, default=None,
+    group.add_argument("--learning-rate", type=float, default=argparse.SUPPRESS,
                        help=f"Adam learning rate (default: the method's recommended one, TopK/BatchTopK 2e-4/sqrt(M/2^14); else {LLM_LEARNING_RATE:g})")
     group.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (a multiple of 25)")
 
@@ -125,7 +125,8 @@ def _activation_config(args) -> ActivationConfig:
 
 
 def _train_config(args) -> TrainConfig:
-    return TrainConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate, log_every=25, device=args.device)
+    return TrainConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=getattr(args, "learning_rate", None), log_every=25,
+                       device=args.device)
 
 
 def _setting_value(text: str):
@@ -217,6 +218,10 @@ def handle_frontier(args) -> int:
                 LLMRunConfig(cache="", method=method, method_settings={key: value})
             except ConfigError as error:
                 raise ConfigError(f"{flag}: {value} is not a valid {key} of {method!r} ({error})") from None
+    try:
+        LLMRunConfig(cache="", train=_train_config(args), checkpoint_every=args.checkpoint_every, snapshot_steps=tuple(args.snapshots))
+    except ConfigError as error:
+        raise ConfigError(f"snapshots: {' '.join(map(str, args.snapshots))} are not valid snapshot steps ({error})") from None
     config = PipelineConfig(
         activations=_activation_config(args), width=args.width, train=_train_config(args),
         checkpoint_every=args.checkpoint_every, ce_sequences=args.ce_sequences, snapshot_steps=tuple(args.snapshots),

@@ -125,6 +125,17 @@ def smollm2_directory() -> Path:
     return Path(spec.submodule_search_locations[0])
 
 
+def load_quietly(name: str, cache_root: Path, device: torch.device, quiet: bool):
+    """`load_model`, with no loading bars when `quiet`."""
+    if not quiet:
+        return load_model(name, cache_root, device)
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    with contextlib.redirect_stderr(io.StringIO()):  # the GGUF reader's own bar ignores the switch above
+        return load_model(name, cache_root, device)
+
+
 def load_model(name: str, cache_root: Path, device: torch.device):
     """(model, tokenizer) in eval mode, fp32. The GGUF default is dequantised once and cached under `cache_root/models`."""
     require_llm_extra()
@@ -321,12 +332,7 @@ def extract(config: ActivationConfig, cache_root: str | Path, progress: bool = T
     # Cheap check first: a complete cache needs neither the model nor the tokeniser's pass over the corpus.
     if _complete(manifest, config):
         return folder
-    if not progress:
-        from transformers.utils import logging as transformers_logging
-
-        transformers_logging.disable_progress_bar()
-    with contextlib.redirect_stderr(io.StringIO()) if not progress else contextlib.nullcontext():
-        model, tokenizer = load_model(config.model, cache_root, device)  # the GGUF reader's own bar ignores the switch above
+    model, tokenizer = load_quietly(config.model, cache_root, device, quiet=not progress)
     module = site_module(model, config.layer, config.site)
     sequences = _cached_sequences(folder, tokenizer, config)
     splits = plan_splits(config, len(sequences))

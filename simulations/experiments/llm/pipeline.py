@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from simulations.experiments.llm.activations import ActivationConfig, cache_bytes, extract, load_model, site_module
+from simulations.experiments.llm.activations import ActivationConfig, cache_bytes, extract, load_quietly, site_module
 from simulations.experiments.llm.data import load_split
 from simulations.experiments.llm.evaluate import consistency, frequency_histograms, reconstruction_metrics, spliced_losses
 from simulations.engine.methods.bias_adaptation import TARGETS_WITHOUT_F
@@ -187,7 +187,7 @@ def evaluate_runs(config: PipelineConfig, folder: Path, run_dirs: dict, root: Pa
         neuron_tables[planned] = neurons
         histograms.append(frequency_histograms(neurons).assign(run=planned.name, method=planned.method))
     bar.close()
-    model, _ = load_model(config.activations.model, root / "cache", device)
+    model, _ = load_quietly(config.activations.model, root / "cache", device, quiet=not progress)
     module = site_module(model, config.activations.layer, config.activations.site)
     ce = spliced_losses(model, module, eval_split.token_ids[: config.ce_sequences], loaded, config.activations.drop_first, batch_size=8,
                         progress=progress)
