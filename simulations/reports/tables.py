@@ -104,6 +104,14 @@ def load_llm_table(results: Path, table: str, experiment: str = "llm") -> pd.Dat
     return pd.read_csv(path)
 
 
+def load_llm_meta(results: Path, experiment: str = "llm") -> dict:
+    """An LLM experiment's meta.json (settings, scale, stage times); MissingTable names the command that makes it."""
+    path = Path(results) / experiment / "meta.json"
+    if not path.is_file():
+        raise MissingTable(f"{path} is missing: run `{LLM_COMMANDS[experiment]}`")
+    return json.loads(path.read_text())
+
+
 def token_count(tokens: float) -> str:
     """'410k', '6.55M': a number of tokens as the LLM rows print it."""
     return f"{tokens / 1e6:.2f}M" if tokens >= 1e6 else f"{tokens / 1e3:.0f}k"

@@ -16,13 +16,13 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from simulations.reports.claims import NO_VERDICT, Measurement, claim
-from simulations.reports.tables import LLM_COMMAND, LLM_COMMANDS, LLM_LENGTH_COMMAND, MissingTable, at_full_length, load_llm_table, token_count
+from simulations.reports.tables import LLM_COMMAND, LLM_COMMANDS, LLM_LENGTH_COMMAND, MissingTable, at_full_length, load_llm_meta, load_llm_table, token_count
 
 
 
 def _scale(results: Path, experiment: str = "llm") -> str:
     """The experiment's scale, from its meta.json."""
-    meta = json.loads((Path(results) / experiment / "meta.json").read_text())
+    meta = load_llm_meta(results, experiment)
     activations, train = meta["activations"], meta["train"]
     seen = train["steps"] * train["batch_size"]
     return (f"{activations['model']} L{activations['layer']} {activations['site']}, {meta['train_tokens'] / 1000:.0f}k cached tokens, "
@@ -108,8 +108,9 @@ def gba_on_topk_frontier_long(results: Path) -> Measurement:
     table = load_llm_table(results, "frontier.csv", "llm_length")
     lengths = []
     for tokens, rows in table.groupby("train_tokens"):
-        text, verdict, gap = _gap_to_topk(_seed_means(rows), "llm_length")
+        text, _, gap = _gap_to_topk(_seed_means(rows), "llm_length")
         lengths.append(f"after {token_count(tokens)} tokens: {text}, gap {gap:+.3f}")
+    _, verdict, gap = _gap_to_topk(_seed_means(at_full_length(table)), "llm_length")
     means = table.groupby(["method", "setting", "train_tokens"])["normalised_mse"].mean().unstack("train_tokens")
     change = float((means.iloc[:, -1] - means.iloc[:, -2]).abs().max()) if means.shape[1] > 1 else float("nan")
     settled = change <= SETTLED_CHANGE

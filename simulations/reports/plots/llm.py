@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib.ticker import NullFormatter
 
 from simulations.reports.plots import figure, save_figure
-from simulations.reports.tables import at_full_length, load_llm_table, token_count
+from simulations.reports.tables import at_full_length, load_llm_meta, load_llm_table, token_count
 
 COLOURS = {"gba": "C3", "ba": "C2", "topk": "C0", "batchtopk": "C4", "relu-l1": "C1", "jumprelu": "C5"}
 
@@ -41,7 +41,7 @@ def llm_frontier(results: Path, out: Path) -> Path:
 
 def _scale(results: Path, experiment: str = "llm") -> str:
     """'SAEs (M = 4096) on smollm2-135m layer 2 mlp output, 6.55M tokens seen (1008k cached)', from meta.json."""
-    meta = json.loads((Path(results) / experiment / "meta.json").read_text())
+    meta = load_llm_meta(results, experiment)
     where, train = meta["activations"], meta["train"]
     return (f"SAEs (M = {meta['width']}) on {where['model']} layer {where['layer']} {where['site']} output, "
             f"{token_count(train['steps'] * train['batch_size'])} tokens seen ({meta['train_tokens'] / 1000:.0f}k cached)")
