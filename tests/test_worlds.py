@@ -10,7 +10,7 @@ pytest.importorskip("sae_lens")
 from simulations.commands.gba import main  # noqa: E402
 from simulations.experiments.grid.spec import config_key  # noqa: E402
 from simulations.experiments.recover import RecoverConfig, run  # noqa: E402
-from simulations.experiments.worlds import WorldData, load_world, parse_data, world_summary  # noqa: E402
+from simulations.experiments.worlds import WorldData, load_world, parse_data, width_l0, world_summary  # noqa: E402
 from theory.validation import ConfigError  # noqa: E402
 
 TINY = "synthsaebench:tiny"
@@ -79,6 +79,15 @@ def test_runs_on_a_world_report_saelens_ground_truth_metrics(tiny_runs):
         # The world is drawn from a seed of its own: the SAE does not start on the features.
         assert metrics["frr_init_0.9"] == 0.0
     assert tiny_runs["topk"].metrics["saelens_sae_l0"] == pytest.approx(3.0)
+
+
+def test_the_width_l0_sums_the_most_frequent_features_and_reaches_the_true_l0_at_width_n(tiny_runs):
+    summary = world_summary(TINY, 0)
+    frequencies = summary["frequencies"]
+    assert np.all(np.diff(frequencies) <= 0) and frequencies.sum() == pytest.approx(summary["true_l0"])
+    width = tiny_runs["gba"].config.sae.width
+    assert tiny_runs["gba"].metrics["world_width_l0"] == pytest.approx(frequencies[:width].sum())
+    assert width_l0(TINY, 0, 8) < width_l0(TINY, 0, 64) < width_l0(TINY, 0, summary["n"]) == pytest.approx(summary["true_l0"])
 
 
 def test_the_same_seed_gives_the_same_run_on_a_world(tiny_runs):

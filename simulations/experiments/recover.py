@@ -31,7 +31,8 @@ from simulations.engine.step import BLOCK_ELEMENTS
 from simulations.engine.train import DEFAULT_LEARNING_RATE, Checkpoint, TrainConfig, resolve_device, train
 from simulations.experiments.export import sae_tensors
 from simulations.experiments.files import atomic_path, read_checkpoint, save_atomically, write_atomically
-from simulations.experiments.worlds import PLANTED, WorldData, is_world, parse_data, saelens_evaluation, world_summary
+from simulations.experiments.worlds import (PLANTED, WorldData, is_world, parse_data, saelens_evaluation,
+                                             width_l0, world_summary)
 from theory.metrics import DENSE_MATCHING_ENTRIES
 from theory.model import FeatureModel, SyntheticData
 from theory.validation import MAX_SEED, ConfigError, check_choice, check_int, multiple_setting
@@ -228,7 +229,8 @@ def prepare(config: RecoverConfig, features: np.ndarray | None = None):
 
 def finish(config, data, sae, method, initial_decoder, history, started: float) -> RecoverResult:
     """Evaluate a trained SAE and bundle the run's result (`started`: its perf_counter start);
-    on a SynthSAEBench world, SAELens's own ground-truth evaluation is added (`saelens_*`)."""
+    on a SynthSAEBench world, SAELens's own ground-truth evaluation is added (`saelens_*`), and
+    `world_width_l0`, the L0 of an SAE of this width holding the most frequent features."""
     metrics = evaluate_run(sae, method, data, config)
     initial_best = best_cosines(data.features, initial_decoder)
     for tau in (0.8, 0.9):
@@ -237,6 +239,7 @@ def finish(config, data, sae, method, initial_decoder, history, started: float) 
     if is_world(config.data):
         seed = int(np.random.SeedSequence([config.seed, 4]).generate_state(1)[0])
         metrics.update(saelens_evaluation(result, config.eval_samples, seed))
+        metrics["world_width_l0"] = width_l0(config.data, config.model.seed, config.sae.width)
     metrics["wall_seconds"] = time.perf_counter() - started
     return result
 

@@ -123,12 +123,22 @@ def _load_world(data: str, seed: int):
 
 @functools.lru_cache(maxsize=4)
 def world_summary(data: str, seed: int) -> dict:
-    """n, d and the true L0 (mean active features per sample, on `L0_SAMPLES` samples) of a world."""
+    """n, d, the true L0 (mean active features per sample) and each feature's firing frequency,
+    largest first, all measured on `L0_SAMPLES` samples of a world."""
     world = load_world(data, seed)
+    counts = torch.zeros(world.cfg.num_features, dtype=torch.float64)
     with _seeded(seed):
-        active = sum(float((world.activation_generator.sample(SAMPLE_CHUNK) > 0).sum())
-                     for _ in range(L0_SAMPLES // SAMPLE_CHUNK))
-    return {"n": world.cfg.num_features, "d": world.cfg.hidden_dim, "true_l0": active / L0_SAMPLES}
+        for _ in range(L0_SAMPLES // SAMPLE_CHUNK):
+            counts += (world.activation_generator.sample(SAMPLE_CHUNK) > 0).sum(0).double().cpu()
+    frequencies = np.sort(counts.numpy() / L0_SAMPLES)[::-1]
+    return {"n": world.cfg.num_features, "d": world.cfg.hidden_dim, "true_l0": float(frequencies.sum()),
+            "frequencies": frequencies}
+
+
+def width_l0(data: str, seed: int, width: int) -> float:
+    """The L0 of an SAE of `width` neurons that holds the world's `width` most frequent features, one
+    per neuron: the sum of their frequencies (the true L0 once the width reaches n)."""
+    return float(world_summary(data, seed)["frequencies"][:width].sum())
 
 
 class WorldData:
