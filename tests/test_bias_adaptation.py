@@ -115,6 +115,13 @@ def test_the_proportional_controller_lands_on_the_targets_and_algorithm_2_below_
     assert np.median(capped / targets) < np.median(landed / targets) - 0.1
 
 
+def test_the_excess_controller_keeps_the_targets_as_ceilings_and_stops_just_under_them():
+    under, targets = settled_frequencies("excess")
+    capped, _ = settled_frequencies("paper")
+    assert np.all(under <= 1.25 * targets), under / targets
+    assert np.median(under / targets) >= 0.85 > np.median(capped / targets), (np.median(under / targets), np.median(capped / targets))
+
+
 def test_a_calibrated_start_fires_each_neuron_at_its_target_on_the_first_batch():
     config = BiasAdaptationConfig(highest_target=0.2, lowest_target=0.01, groups=4, initial_bias="calibrated")
     method = config.build(64)

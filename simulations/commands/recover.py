@@ -89,8 +89,9 @@ def register(parser) -> None:
                         help=f"BA/GBA starting bias: a number in [-1, 0], or 'calibrated' (each neuron fires on its "
                              f"target's share of the first batch: sparse from the first step) (default: {BiasAdaptationConfig.initial_bias})")
     method.add_argument("--controller", dest="controller", choices=CONTROLLERS, default=argparse.SUPPRESS,
-                        help=f"BA/GBA bias-update rule: 'paper' (Algorithm 2) or 'proportional' (lands on the "
-                             f"targets) (default: {BiasAdaptationConfig.controller})")
+                        help=f"BA/GBA bias-update rule: 'paper' (Algorithm 2), 'excess' (Algorithm 2 with steps scaled "
+                             f"by the relative excess over the target) or 'proportional' (lands on the targets) "
+                             f"(default: {BiasAdaptationConfig.controller})")
     add_method_flags(parser.add_argument_group("baseline methods (defaults: the method's config)"))
 
     training = parser.add_argument_group("training")

@@ -185,7 +185,8 @@ def world_table(results: Path, name: str = "synthsaebench", methods: tuple[str, 
             return method_label(row)
         targets = (f"p={row['highest_target']:.3g}" if row["method"] == "ba"
                    else f"{row['highest_target']:.3g}→{row['lowest_target']:.3g}")
-        return f"{row['method'].upper()} {targets} ({row['controller']})"
+        tying = ", untied" if str(row["tied"]) == "False" else ""
+        return f"{row['method'].upper()} {targets} ({row['controller']}{tying})"
 
     return table.assign(label=table.apply(label, axis=1))
 

@@ -40,7 +40,7 @@ K = 10 geometric targets from HTF 0.1 to LTF 0.001 (v1 of the paper; digest §3.
 CALIBRATED = "calibrated"
 """`initial_bias` that sets each neuron's starting bias from the first batch (`BiasAdaptation.calibrate`)."""
 
-CONTROLLERS = ("paper", "proportional")
+CONTROLLERS = ("paper", "excess", "proportional")
 """The bias-update rules (`BiasAdaptationConfig.controller`)."""
 
 
@@ -74,7 +74,9 @@ class BiasAdaptationConfig(MethodConfig):
     projections, clamped to [-1, 0]), so training is sparse from the first step."""
     controller: str = "paper"
     """'paper': Algorithm 2 as written (a too-frequent neuron's bias drops by gamma_minus r_m, only a dead
-    one's rises), so a neuron may settle anywhere between epsilon and its target. 'proportional': both
+    one's rises), so a neuron may settle anywhere between epsilon and its target. 'excess': Algorithm 2
+    with the drop scaled by the relative excess e = (q - p) / q, so a neuron just above its target takes a
+    small step instead of overshooting far below it; targets stay ceilings. 'proportional': both
     moves scaled by the relative frequency error e = (q - p) / max(q, p), and a neuron firing below its
     target (not only a dead one) rises by gamma_plus |e| r_m, so frequencies land on their targets."""
 
@@ -233,11 +235,13 @@ class BiasController:
         too_frequent = frequency > self.neuron_targets
         dead = frequency < config.dead_frequency
         raised = (bias + config.bias_increase_rate * group_peak[self.group_of_neuron]).clamp_max(0.0)
-        if config.controller == "paper":
-            lowered = (bias - config.bias_decrease_rate * peak).clamp_min(-1.0)
+        # Relative error (q - p) / max(q, p): in (0, 1] above the target, in [-1, 0) below it.
+        error = (frequency - self.neuron_targets) / torch.maximum(frequency, self.neuron_targets)
+        if config.controller in ("paper", "excess"):
+            step = peak if config.controller == "paper" else error * peak
+            lowered = (bias - config.bias_decrease_rate * step).clamp_min(-1.0)
             bias.copy_(torch.where(too_frequent, lowered, torch.where(dead, raised, bias)))
         else:
-            error = (frequency - self.neuron_targets) / torch.maximum(frequency, self.neuron_targets)
             lowered = (bias - config.bias_decrease_rate * error * peak).clamp_min(-1.0)
             below = torch.where(dead, raised, (bias - config.bias_increase_rate * error * peak).clamp_max(0.0))
             bias.copy_(torch.where(too_frequent, lowered, below))

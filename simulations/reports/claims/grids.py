@@ -69,7 +69,7 @@ def settling_summary(table: pd.DataFrame) -> pd.DataFrame:
     command=grid_command("controller", "--jobs 2"),
     rule=f"reproduced if under Algorithm 2 ('paper') every run's median group, among the groups whose target the data "
     f"can reach (at most the most frequent feature's frequency), fires within a factor {ON_TARGET} of its target "
-    f"({ON_TARGET}–{1 / ON_TARGET:.2f} × p); partly if some runs' does. The proportional rule is measured beside it, not judged",
+    f"({ON_TARGET}–{1 / ON_TARGET:.2f} × p); partly if some runs' does. The excess and proportional rules are measured beside it, not judged",
     figure="controller",
 )
 def controller_settling(results: Path) -> Measurement:

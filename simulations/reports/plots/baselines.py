@@ -145,3 +145,11 @@ def synthsaebench(results: Path, out: Path) -> Path:
 def synthsaebench_long(results: Path, out: Path) -> Path:
     return draw_world(world_table(results, "synthsaebench_long"), out, "synthsaebench_long",
                       "GBA against TopK/BatchTopK, trained 4x longer")
+
+
+@figure("synthsaebench_targets")
+def synthsaebench_targets(results: Path, out: Path) -> Path:
+    table = pd.concat([world_table(results, "synthsaebench_long"), world_table(results, "synthsaebench_targets")],
+                      ignore_index=True)
+    return draw_world(table, out, "synthsaebench_targets",
+                      "GBA/BA at oracle targets beside the 8000-step comparison")

@@ -365,6 +365,10 @@ def long_training(results: Path, out: Path) -> Path:
     return save_figure(fig, out, "long_training")
 
 
+RULE_STYLES = {"paper": ("o", "-"), "excess": ("^", "-.")}
+"""Marker and line of each bias-update rule in the controller figure (others: squares, dashed)."""
+
+
 @figure("controller")
 def controller(results: Path, out: Path) -> Path:
     table = load_results(results, "controller")
@@ -377,7 +381,8 @@ def controller(results: Path, out: Path) -> Path:
         for (rule, gamma), variant in part.groupby(["controller", "bias_decrease_rate"]):
             curve = variant.groupby("target_over_f")["ratio"].mean()
             runs = variant.drop_duplicates("key")
-            ax.plot(curve.index, curve.to_numpy(), marker="o" if rule == "paper" else "s", ls="-" if rule == "paper" else "--",
+            marker, line = RULE_STYLES.get(rule, ("s", "--"))
+            ax.plot(curve.index, curve.to_numpy(), marker=marker, ls=line,
                     label=f"{rule}, γ = {gamma:g}: FRR(0.9) {runs['frr_0.9'].mean():.2f}, L0 {runs['l0'].mean():.1f}"
                           f"{f', {int(unsettled(runs).sum())} unsettled' if unsettled(runs).any() else ''}")
         reachable = part.loc[part["reachable"], "target_over_f"].max()
