@@ -294,7 +294,7 @@ def report(config: RecoverConfig, metrics: dict) -> str:
         lines.append(
             "SAELens   MCC {saelens_mcc:.3f}  precision {saelens_precision:.3f}  recall {saelens_recall:.3f}  "
             "F1 {saelens_f1_score:.3f}  EV {saelens_explained_variance:.3f}  L0 {saelens_sae_l0:.2f} "
-            "(true {saelens_true_l0:.2f})".format(**metrics)
+            "(true {saelens_true_l0:.2f}; the width's most frequent features {world_width_l0:.2f})".format(**metrics)
         )
     lines.append(f"wall      {metrics['wall_seconds']:.1f} s")
     return "\n".join(lines)
