@@ -186,7 +186,8 @@ def world_table(results: Path, name: str = "synthsaebench", methods: tuple[str, 
         targets = (f"p={row['highest_target']:.3g}" if row["method"] == "ba"
                    else f"{row['highest_target']:.3g}→{row['lowest_target']:.3g}")
         tying = ", untied" if str(row["tied"]) == "False" else ""
-        return f"{row['method'].upper()} {targets} ({row['controller']}{tying})"
+        start = ", calibrated start" if str(row.get("initial_bias")) == "calibrated" else ""
+        return f"{row['method'].upper()} {targets} ({row['controller']}{tying}{start})"
 
     return table.assign(label=table.apply(label, axis=1))
 

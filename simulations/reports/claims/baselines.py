@@ -32,11 +32,14 @@ WORLD_L0_FACTOR = 1.5
 """Claims 18b-c: untuned GBA's L0 must lie within this factor of the world's true L0."""
 WORLD_EV_GAP = 0.05
 """Claims 18b-c: how far GBA's explained variance may lie below the best baseline's."""
-WORLD_COLUMNS = ["l0", "saelens_explained_variance", "saelens_mcc", "saelens_f1_score", "saelens_true_l0"]
+WORLD_COLUMNS = ["l0", "saelens_explained_variance", "saelens_mcc", "saelens_f1_score", "saelens_precision",
+                 "saelens_recall", "saelens_true_l0"]
 WORLD_GRID = "synthsaebench_long"
 """Claims 18b-c: the world grid they judge (8000 steps: at 2000 every method was still moving)."""
 TARGETS_GRID = "synthsaebench_targets"
 """Claim 18d: BA/GBA with oracle targets on the world of `WORLD_GRID` (same world, samples and steps)."""
+START_GRID = "synthsaebench_start"
+"""Claim 18e: GBA from a calibrated start on the world of `WORLD_GRID`."""
 UNTUNED_HTF_OVER_F = 4.0
 """Claim 18b: GBA's default HTF as a multiple of f (the engine's DEFAULT_TARGETS, which reports do not
 import; the grid's GBA rows at other HTFs give their targets explicitly), which picks its untuned rows."""
@@ -244,6 +247,31 @@ def world_oracle_targets(results: Path) -> Measurement:
     measured = (f"{scale_text(oracle)}, {oracle['seed'].nunique()} seeds, true L0 {true_l0:.1f}, L0 of the width's most "
                 f"frequent features {means['world_width_l0'].mean():.2f}; best baseline {world_text(label, best)}. "
                 + "; ".join(f"{world_text(key, row)} ({topk_at_l0(baselines, row['l0'])}; meets "
+                            f"{sum(checks[key].values())} of 3)" for key, row in means.iterrows()) + ".")
+    held = max(sum(passed.values()) for passed in checks.values())
+    verdict = "reproduced" if held == 3 else ("partly" if held else "not reproduced")
+    return Measurement(measured, verdict)
+
+
+@claim(
+    "18e",
+    "GBA with the paper's own targets matches the best baselines on the SynthSAEBench-style world when it starts sparse",
+    paper="not a claim of the paper: 18c from a calibrated start (each neuron firing at its target on the first batch)",
+    command=grid_command(START_GRID),
+    rule="reproduced if GBA with HTF 0.5 → LTF 0.001 (K = 10) from a calibrated start, under Algorithm 2 or the excess "
+    "controller, averaged over seeds, meets all three criteria of 18b against 18b's best baseline; partly if the better "
+    "of them meets one or two; not reproduced otherwise",
+    figure=START_GRID,
+)
+def world_calibrated_start(results: Path) -> Measurement:
+    label, best, true_l0, baselines = best_world_baseline(results)
+    gba = world_table(results, START_GRID, methods=("gba",))
+    means = gba.groupby("label")[WORLD_COLUMNS].mean()
+    checks = {key: world_checks(row, best, true_l0) for key, row in means.iterrows()}
+    measured = (f"{scale_text(gba)}, {gba['seed'].nunique()} seeds, true L0 {true_l0:.1f}; best baseline "
+                f"{world_text(label, best)}, precision {best['saelens_precision']:.3f}, recall {best['saelens_recall']:.3f}. "
+                + "; ".join(f"{world_text(key, row)}, precision {row['saelens_precision']:.3f}, recall "
+                            f"{row['saelens_recall']:.3f} ({topk_at_l0(baselines, row['l0'])}; meets "
                             f"{sum(checks[key].values())} of 3)" for key, row in means.iterrows()) + ".")
     held = max(sum(passed.values()) for passed in checks.values())
     verdict = "reproduced" if held == 3 else ("partly" if held else "not reproduced")

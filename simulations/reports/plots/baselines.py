@@ -120,7 +120,7 @@ def draw_world(table, out: Path, name: str, title: str) -> Path:
         for ax, (metric, _) in zip(axes, metrics):
             ax.plot(means["l0"], means[metric], marker="o", label=f"{method} (sweep of {SWEPT[method]})")
     adaptive = table[table["method"].isin(["ba", "gba"])]
-    for (label, runs), marker in zip(adaptive.groupby("label"), "*sDP^v<>XdH"):
+    for (label, runs), marker in zip(adaptive.groupby("label"), "*sDP^v<>XdHph8x+|_"):
         for ax, (metric, _) in zip(axes, metrics):
             ax.scatter(runs["l0"], runs[metric], marker=marker, s=110, zorder=3, label=f"{label}, each seed")
     for ax, (metric, label) in zip(axes, metrics):
@@ -153,3 +153,10 @@ def synthsaebench_targets(results: Path, out: Path) -> Path:
                       ignore_index=True)
     return draw_world(table, out, "synthsaebench_targets",
                       "GBA/BA at oracle targets beside the 8000-step comparison")
+
+
+@figure("synthsaebench_start")
+def synthsaebench_start(results: Path, out: Path) -> Path:
+    table = pd.concat([world_table(results, "synthsaebench_long"), world_table(results, "synthsaebench_start")],
+                      ignore_index=True)
+    return draw_world(table, out, "synthsaebench_start", "GBA from a calibrated start beside the 8000-step comparison")
