@@ -158,7 +158,7 @@ def world_checks(gba: pd.Series, best: pd.Series, true_l0: float) -> dict[str, b
 
 def world_text(label: str, row: pd.Series) -> str:
     return (f"{label}: L0 {row['l0']:.2f}, EV {row['saelens_explained_variance']:.3f}, MCC {row['saelens_mcc']:.3f}, "
-            f"F1 {row['saelens_f1_score']:.3f}")
+            f"F1 {row['saelens_f1_score']:.3f} (precision {row['saelens_precision']:.3f}, recall {row['saelens_recall']:.3f})")
 
 
 def topk_at_l0(baselines: pd.DataFrame, l0: float) -> str:
@@ -269,9 +269,8 @@ def world_calibrated_start(results: Path) -> Measurement:
     means = gba.groupby("label")[WORLD_COLUMNS].mean()
     checks = {key: world_checks(row, best, true_l0) for key, row in means.iterrows()}
     measured = (f"{scale_text(gba)}, {gba['seed'].nunique()} seeds, true L0 {true_l0:.1f}; best baseline "
-                f"{world_text(label, best)}, precision {best['saelens_precision']:.3f}, recall {best['saelens_recall']:.3f}. "
-                + "; ".join(f"{world_text(key, row)}, precision {row['saelens_precision']:.3f}, recall "
-                            f"{row['saelens_recall']:.3f} ({topk_at_l0(baselines, row['l0'])}; meets "
+                f"{world_text(label, best)}. "
+                + "; ".join(f"{world_text(key, row)} ({topk_at_l0(baselines, row['l0'])}; meets "
                             f"{sum(checks[key].values())} of 3)" for key, row in means.iterrows()) + ".")
     held = max(sum(passed.values()) for passed in checks.values())
     verdict = "reproduced" if held == 3 else ("partly" if held else "not reproduced")
