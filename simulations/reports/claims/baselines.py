@@ -227,6 +227,21 @@ def world_paper_targets(results: Path) -> Measurement:
     return Measurement(measured, verdict)
 
 
+def best_configuration(results: Path, grid: str, methods: tuple[str, ...], context: str = "") -> Measurement:
+    """Claims 18d-e: each BA/GBA configuration of a world grid (means over seeds) against 18b's criteria and best
+    baseline; reproduced if one meets all three, partly if the best meets one or two."""
+    label, best, true_l0, baselines = best_world_baseline(results)
+    table = world_table(results, grid, methods=methods)
+    means = table.groupby("label")[WORLD_COLUMNS].mean()
+    checks = {key: world_checks(row, best, true_l0) for key, row in means.iterrows()}
+    measured = (f"{scale_text(table)}, {table['seed'].nunique()} seeds, true L0 {true_l0:.1f}{context}; best baseline "
+                f"{world_text(label, best)}. "
+                + "; ".join(f"{world_text(key, row)} ({topk_at_l0(baselines, row['l0'])}; meets "
+                            f"{sum(checks[key].values())} of 3)" for key, row in means.iterrows()) + ".")
+    held = max(sum(passed.values()) for passed in checks.values())
+    return Measurement(measured, "reproduced" if held == 3 else ("partly" if held else "not reproduced"))
+
+
 @claim(
     "18d",
     "GBA's gap on the SynthSAEBench-style world closes when its targets are set at the code density the width can hold",
@@ -240,17 +255,9 @@ def world_paper_targets(results: Path) -> Measurement:
     figure=TARGETS_GRID,
 )
 def world_oracle_targets(results: Path) -> Measurement:
-    label, best, true_l0, baselines = best_world_baseline(results)
-    oracle = world_table(results, TARGETS_GRID, methods=("ba", "gba"))
-    means = oracle.groupby("label")[WORLD_COLUMNS + ["world_width_l0"]].mean()
-    checks = {key: world_checks(row, best, true_l0) for key, row in means.iterrows()}
-    measured = (f"{scale_text(oracle)}, {oracle['seed'].nunique()} seeds, true L0 {true_l0:.1f}, L0 of the width's most "
-                f"frequent features {means['world_width_l0'].mean():.2f}; best baseline {world_text(label, best)}. "
-                + "; ".join(f"{world_text(key, row)} ({topk_at_l0(baselines, row['l0'])}; meets "
-                            f"{sum(checks[key].values())} of 3)" for key, row in means.iterrows()) + ".")
-    held = max(sum(passed.values()) for passed in checks.values())
-    verdict = "reproduced" if held == 3 else ("partly" if held else "not reproduced")
-    return Measurement(measured, verdict)
+    width_l0 = load_results(results, TARGETS_GRID)["world_width_l0"].mean()
+    return best_configuration(results, TARGETS_GRID, ("ba", "gba"),
+                              f", L0 of the width's most frequent features {width_l0:.2f}")
 
 
 @claim(
@@ -264,17 +271,7 @@ def world_oracle_targets(results: Path) -> Measurement:
     figure=START_GRID,
 )
 def world_calibrated_start(results: Path) -> Measurement:
-    label, best, true_l0, baselines = best_world_baseline(results)
-    gba = world_table(results, START_GRID, methods=("gba",))
-    means = gba.groupby("label")[WORLD_COLUMNS].mean()
-    checks = {key: world_checks(row, best, true_l0) for key, row in means.iterrows()}
-    measured = (f"{scale_text(gba)}, {gba['seed'].nunique()} seeds, true L0 {true_l0:.1f}; best baseline "
-                f"{world_text(label, best)}. "
-                + "; ".join(f"{world_text(key, row)} ({topk_at_l0(baselines, row['l0'])}; meets "
-                            f"{sum(checks[key].values())} of 3)" for key, row in means.iterrows()) + ".")
-    held = max(sum(passed.values()) for passed in checks.values())
-    verdict = "reproduced" if held == 3 else ("partly" if held else "not reproduced")
-    return Measurement(measured, verdict)
+    return best_configuration(results, START_GRID, ("gba",))
 
 
 @claim(
